@@ -1,0 +1,86 @@
+"""`configure()`: the one-call setup of provider, processor and DuckDB exporter."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+from otel_workflow.exporter import DuckDBSpanExporter
+from otel_workflow.processor import WorkflowSpanProcessor
+from otel_workflow.store import DEFAULT_DB_PATH, TraceStore
+
+DB_ENV = "OTEL_WORKFLOW_DB"
+
+# Ended spans replace their `running` rows when the batch processor exports them; the SDK's default
+# 5 s delay would show a finished step as running that long.
+_EXPORT_DELAY_MS = 500
+
+
+def default_db_path() -> str:
+    """`$OTEL_WORKFLOW_DB`, or `otel_workflow.duckdb` in the current folder."""
+    return os.environ.get(DB_ENV) or DEFAULT_DB_PATH
+
+
+@dataclass
+class WorkflowTelemetry:
+    """What `configure()` set up; `shutdown()` flushes everything and releases the database."""
+
+    tracer_provider: TracerProvider
+    store: TraceStore
+    processors: list[SpanProcessor] = field(default_factory=list)
+    owns_provider: bool = False
+
+    def shutdown(self) -> None:
+        if self.owns_provider:
+            self.tracer_provider.shutdown()
+        else:
+            for processor in self.processors:
+                processor.shutdown()
+        self.store.close()
+
+
+def configure(
+    db_path: str | os.PathLike[str] | None = None,
+    *,
+    service_name: str | None = None,
+    tracer_provider: TracerProvider | None = None,
+    otlp: bool = False,
+) -> WorkflowTelemetry:
+    """Store workflow spans in DuckDB at `db_path` (default: `default_db_path()`).
+
+    With `tracer_provider=None` a provider is made (named `service_name`) and set
+    as the global one unless another is already set. `otlp=True` also sends the
+    spans to an OTLP endpoint configured by the standard `OTEL_EXPORTER_OTLP_*`
+    variables (Jaeger, Tempo, a collector).
+    """
+    owns_provider = tracer_provider is None
+    if tracer_provider is None:
+        resource = Resource.create({SERVICE_NAME: service_name} if service_name else {})
+        tracer_provider = TracerProvider(resource=resource)
+        if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+            trace.set_tracer_provider(tracer_provider)
+    store = TraceStore(db_path if db_path is not None else default_db_path())
+    processors: list[SpanProcessor] = [
+        WorkflowSpanProcessor(store),
+        BatchSpanProcessor(DuckDBSpanExporter(store), schedule_delay_millis=_EXPORT_DELAY_MS),
+    ]
+    if otlp:
+        processors.append(BatchSpanProcessor(_otlp_exporter()))
+    for processor in processors:
+        tracer_provider.add_span_processor(processor)
+    return WorkflowTelemetry(tracer_provider, store, processors, owns_provider)
+
+
+def _otlp_exporter() -> SpanExporter:
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError as exc:
+        raise ImportError(
+            "configure(otlp=True) needs the OTLP exporter: pip install 'otel-workflow[otlp]'"
+        ) from exc
+    return OTLPSpanExporter()

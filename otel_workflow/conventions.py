@@ -1,0 +1,170 @@
+"""Span names and attribute keys, and the recognition of executions and steps.
+
+The tracer writes the `workflow.*` keys of DESIGN.md. Spans emitted by other
+systems are recognised too: the Go engine's own keys (`execution.id`,
+`step.sequence`, ...) and the OpenTelemetry CI/CD semantic conventions
+(`cicd.pipeline.run.id`, `cicd.pipeline.task.run.id`, ...). Recognition reads
+only a span's name and final attributes, so it gives the same answer in the
+processor, the exporter and a rebuild from stored spans.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+EXECUTION_SPAN_NAME: Final = "workflow.execute"
+STEP_SPAN_PREFIX: Final = "workflow.step."
+
+WORKFLOW_ID: Final = "workflow.id"
+EXECUTION_ID: Final = "workflow.execution.id"
+TRIGGER_TYPE: Final = "workflow.trigger.type"
+TRIGGERED_BY: Final = "workflow.triggered_by"
+CONFIG_VERSION: Final = "workflow.config_version"
+CAPTURE_IO: Final = "workflow.capture_io"
+
+STEP_NAME: Final = "workflow.step.name"
+STEP_TYPE: Final = "workflow.step.type"
+STEP_SEQUENCE: Final = "workflow.step.sequence"
+STEP_STATUS: Final = "workflow.step.status"
+STEP_SKIP_REASON: Final = "workflow.step.skip_reason"
+
+IO_INPUT_EVENT: Final = "workflow.step.input"
+IO_OUTPUT_EVENT: Final = "workflow.step.output"
+IO_JSON: Final = "workflow.io.json"
+
+# Keys of the Go workflow engine's own spans.
+GO_EXECUTION_ID: Final = "execution.id"
+GO_STEP_SEQUENCE: Final = "step.sequence"
+GO_STEP_NAME: Final = "step.name"
+GO_STEP_TYPE: Final = "step.type"
+
+# OpenTelemetry CI/CD semantic conventions.
+CICD_PIPELINE_NAME: Final = "cicd.pipeline.name"
+CICD_RUN_ID: Final = "cicd.pipeline.run.id"
+CICD_RESULT: Final = "cicd.pipeline.result"
+CICD_TASK_RUN_ID: Final = "cicd.pipeline.task.run.id"
+CICD_TASK_NAME: Final = "cicd.pipeline.task.name"
+CICD_TASK_TYPE: Final = "cicd.pipeline.task.type"
+CICD_TASK_RESULT: Final = "cicd.pipeline.task.run.result"
+
+EXECUTION_ID_KEYS: Final = (EXECUTION_ID, GO_EXECUTION_ID, CICD_RUN_ID)
+
+ROLE_EXECUTION: Final = "execution"
+ROLE_STEP: Final = "step"
+
+# CI/CD result values (semconv `cicd.pipeline.result`) mapped to our statuses.
+_CICD_RESULTS: Final = {
+    "success": "completed",
+    "failure": "failed",
+    "error": "failed",
+    "timeout": "failed",
+    "cancellation": "failed",
+    "skip": "skipped",
+}
+
+
+def _first(attributes: Mapping[str, Any], *keys: str) -> Any:
+    for key in keys:
+        value = attributes.get(key)
+        if value is not None and value != "":
+            return value
+    return None
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def execution_id_of(attributes: Mapping[str, Any]) -> str | None:
+    """The execution a span belongs to, by any of the recognised keys."""
+    return _text(_first(attributes, *EXECUTION_ID_KEYS))
+
+
+def is_step(name: str, attributes: Mapping[str, Any]) -> bool:
+    return (
+        name.startswith(STEP_SPAN_PREFIX)
+        or STEP_NAME in attributes
+        or CICD_TASK_RUN_ID in attributes
+        or CICD_TASK_NAME in attributes
+    )
+
+
+def is_execution(name: str, attributes: Mapping[str, Any]) -> bool:
+    if is_step(name, attributes):
+        return False
+    return name == EXECUTION_SPAN_NAME or CICD_RUN_ID in attributes
+
+
+def role_of(name: str, attributes: Mapping[str, Any]) -> str | None:
+    if is_step(name, attributes):
+        return ROLE_STEP
+    if is_execution(name, attributes):
+        return ROLE_EXECUTION
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Recognised:
+    """The workflow columns promoted out of one span's name and attributes."""
+
+    role: str | None
+    execution_id: str | None
+    workflow_id: str | None = None
+    step_name: str | None = None
+    step_type: str | None = None
+    step_sequence: int | None = None
+    # An outcome the attributes state outright (skipped, compensated, a CI/CD result).
+    declared_status: str | None = None
+    trigger_type: str | None = None
+    triggered_by: str | None = None
+    config_version: str | None = None
+    capture_io: bool = False
+
+
+def _sequence(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def recognise(name: str, attributes: Mapping[str, Any]) -> Recognised:
+    """Classify a span as execution, step or neither, and lift its workflow fields."""
+    role = role_of(name, attributes)
+    execution_id = execution_id_of(attributes)
+    if role is None:
+        return Recognised(role=None, execution_id=execution_id)
+    workflow_id = _text(_first(attributes, WORKFLOW_ID, CICD_PIPELINE_NAME))
+    if role == ROLE_EXECUTION:
+        result = _first(attributes, CICD_RESULT)
+        return Recognised(
+            role=role,
+            execution_id=execution_id,
+            workflow_id=workflow_id,
+            declared_status=_CICD_RESULTS.get(str(result).lower()) if result is not None else None,
+            trigger_type=_text(_first(attributes, TRIGGER_TYPE)),
+            triggered_by=_text(_first(attributes, TRIGGERED_BY)),
+            config_version=_text(_first(attributes, CONFIG_VERSION)),
+            capture_io=attributes.get(CAPTURE_IO) is True,
+        )
+    step_name = _first(attributes, STEP_NAME, GO_STEP_NAME, CICD_TASK_NAME)
+    if step_name is None:
+        step_name = name[len(STEP_SPAN_PREFIX) :] if name.startswith(STEP_SPAN_PREFIX) else name
+    declared = _first(attributes, STEP_STATUS)
+    if declared is None:
+        result = _first(attributes, CICD_TASK_RESULT)
+        declared = _CICD_RESULTS.get(str(result).lower()) if result is not None else None
+    return Recognised(
+        role=role,
+        execution_id=execution_id,
+        workflow_id=workflow_id,
+        step_name=str(step_name),
+        step_type=_text(_first(attributes, STEP_TYPE, GO_STEP_TYPE, CICD_TASK_TYPE)),
+        step_sequence=_sequence(_first(attributes, STEP_SEQUENCE, GO_STEP_SEQUENCE)),
+        declared_status=_text(declared),
+    )

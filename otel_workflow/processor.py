@@ -1,0 +1,114 @@
+"""`WorkflowSpanProcessor`: numbers steps, stamps spans with their execution, and reports live spans.
+
+It runs in `on_start`, on the application thread, so it does only dictionary
+work there: no I/O, no locks held across calls. With a store it also queues a
+`running` record for each execution and step span, so a long execution is
+visible, with its current step, while it runs. Per-execution state lives only
+until the execution span ends, so memory does not grow with the number of runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterator
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+
+from otel_workflow import conventions as cv
+from otel_workflow.rows import RunningRecord
+from otel_workflow.store import TraceStore
+
+logger = logging.getLogger("otel_workflow")
+
+
+class WorkflowSpanProcessor(SpanProcessor):
+    """Step numbering, execution stamping and live rows.
+
+    `store`: where `running` rows go; without one the processor only enriches
+    spans (for a service that exports OTLP only). `max_live_executions` bounds
+    the per-execution state should execution spans never end.
+    """
+
+    def __init__(self, store: TraceStore | None = None, *, max_live_executions: int = 100_000) -> None:
+        self.store = store
+        self._max_live = max_live_executions
+        # execution id -> step counter. `next()` on itertools.count and single dict operations are atomic
+        # under the GIL, which is what makes numbering correct across threads without a lock.
+        self._counters: dict[str, Iterator[int]] = {}
+        self.evicted_executions = 0
+        self._failed_once = False
+
+    def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
+        try:
+            self._on_start(span, parent_context)
+        except Exception:  # a tracer must not crash its host
+            if not self._failed_once:
+                self._failed_once = True
+                logger.exception("otel-workflow processor failed on span start; further failures are silent")
+
+    def _on_start(self, span: Span, parent_context: otel_context.Context | None) -> None:
+        attributes = span.attributes or {}
+        execution_id = cv.execution_id_of(attributes)
+        if execution_id is None:
+            parent = trace.get_current_span(parent_context)
+            if isinstance(parent, ReadableSpan) and parent.attributes:
+                execution_id = cv.execution_id_of(parent.attributes)
+                if execution_id is not None:
+                    span.set_attribute(cv.EXECUTION_ID, execution_id)
+                    workflow_id = parent.attributes.get(cv.WORKFLOW_ID)
+                    if workflow_id is not None and cv.WORKFLOW_ID not in attributes:
+                        span.set_attribute(cv.WORKFLOW_ID, workflow_id)
+        name = span.name
+        if cv.is_step(name, attributes):
+            if execution_id is not None and cv.STEP_SEQUENCE not in attributes:
+                counter = self._counters.get(execution_id)
+                if counter is None:
+                    # The execution started elsewhere (another process) or its state was evicted.
+                    counter = self._counters.setdefault(execution_id, itertools.count(1))
+                span.set_attribute(cv.STEP_SEQUENCE, next(counter))
+        elif cv.is_execution(name, attributes):
+            if execution_id is not None:
+                self._track(execution_id)
+        else:
+            return
+        if self.store is not None:
+            record = RunningRecord.of(span)
+            if record is not None:
+                self.store.submit_running(record)
+
+    def _track(self, execution_id: str) -> None:
+        if len(self._counters) >= self._max_live:
+            try:
+                del self._counters[next(iter(self._counters))]
+                self.evicted_executions += 1
+            except (StopIteration, KeyError, RuntimeError):
+                pass
+        self._counters.setdefault(execution_id, itertools.count(1))
+
+    def on_end(self, span: ReadableSpan) -> None:
+        try:
+            attributes = span.attributes or {}
+            if cv.is_execution(span.name, attributes):
+                execution_id = cv.execution_id_of(attributes)
+                if execution_id is not None:
+                    self._counters.pop(execution_id, None)
+        except Exception:
+            if not self._failed_once:
+                self._failed_once = True
+                logger.exception("otel-workflow processor failed on span end; further failures are silent")
+
+    @property
+    def live_executions(self) -> int:
+        """Executions whose span has started and not ended (the state this processor holds)."""
+        return len(self._counters)
+
+    def shutdown(self) -> None:
+        """Nothing to release: the exporter that shares the store closes it."""
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        if self.store is None or self.store.read_only:
+            return True
+        return self.store.flush(timeout_millis / 1000)

@@ -1,0 +1,397 @@
+"""Conversion of OpenTelemetry spans into Arrow batches shaped like the DuckDB tables.
+
+One finished span becomes one `spans` row (with the promoted workflow columns),
+one `span_events` row per event and one `span_links` row per link. A span that
+has just started becomes one `running_spans` row. Nothing here raises on odd
+input: values that JSON cannot hold are stored as text, and strings that are
+not valid UTF-8 (lone surrogates) are stored with replacement characters.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import StatusCode
+
+from otel_workflow import conventions as cv
+
+_TS = pa.timestamp("us", tz="UTC")
+
+SPANS_SCHEMA = pa.schema(
+    [
+        ("trace_id", pa.string()),
+        ("span_id", pa.string()),
+        ("parent_span_id", pa.string()),
+        ("name", pa.string()),
+        ("kind", pa.string()),
+        ("start_time", _TS),
+        ("end_time", _TS),
+        ("duration_ms", pa.float64()),
+        ("status_code", pa.string()),
+        ("status_message", pa.string()),
+        ("service_name", pa.string()),
+        ("resource_attributes", pa.string()),
+        ("scope_name", pa.string()),
+        ("scope_version", pa.string()),
+        ("attributes", pa.string()),
+        ("dropped_attributes", pa.int32()),
+        ("dropped_events", pa.int32()),
+        ("dropped_links", pa.int32()),
+        ("workflow_role", pa.string()),
+        ("execution_id", pa.string()),
+        ("workflow_id", pa.string()),
+        ("step_name", pa.string()),
+        ("step_type", pa.string()),
+        ("step_sequence", pa.int64()),
+        ("workflow_status", pa.string()),
+        ("error_message", pa.string()),
+        ("trigger_type", pa.string()),
+        ("triggered_by", pa.string()),
+        ("config_version", pa.string()),
+        ("capture_io", pa.bool_()),
+        ("input_data", pa.string()),
+        ("output_data", pa.string()),
+    ]
+)
+
+EVENTS_SCHEMA = pa.schema(
+    [
+        ("trace_id", pa.string()),
+        ("span_id", pa.string()),
+        ("event_index", pa.int32()),
+        ("name", pa.string()),
+        ("timestamp", _TS),
+        ("attributes", pa.string()),
+    ]
+)
+
+LINKS_SCHEMA = pa.schema(
+    [
+        ("trace_id", pa.string()),
+        ("span_id", pa.string()),
+        ("link_index", pa.int32()),
+        ("linked_trace_id", pa.string()),
+        ("linked_span_id", pa.string()),
+        ("attributes", pa.string()),
+    ]
+)
+
+RUNNING_SCHEMA = pa.schema(
+    [
+        ("trace_id", pa.string()),
+        ("span_id", pa.string()),
+        ("parent_span_id", pa.string()),
+        ("name", pa.string()),
+        ("start_time", _TS),
+        ("service_name", pa.string()),
+        ("workflow_role", pa.string()),
+        ("execution_id", pa.string()),
+        ("workflow_id", pa.string()),
+        ("step_name", pa.string()),
+        ("step_type", pa.string()),
+        ("step_sequence", pa.int64()),
+        ("trigger_type", pa.string()),
+        ("triggered_by", pa.string()),
+        ("config_version", pa.string()),
+        ("capture_io", pa.bool_()),
+        ("writer_id", pa.string()),
+        ("pid", pa.int64()),
+    ]
+)
+
+_STATUS_NAMES = {StatusCode.UNSET: "UNSET", StatusCode.OK: "OK", StatusCode.ERROR: "ERROR"}
+
+
+def utf8(text: str) -> str:
+    """`text` itself, or with lone surrogates replaced so that it encodes as UTF-8."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, str):
+        return utf8(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return {utf8(str(k)): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    try:
+        return utf8(str(value))
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
+
+
+def attributes_json(attributes: Mapping[str, Any] | None) -> str:
+    """Attributes as a JSON object. The fast path is one `json.dumps`; odd values take the safe path."""
+    if not attributes:
+        return "{}"
+    try:
+        return utf8(json.dumps(dict(attributes), ensure_ascii=False, allow_nan=False, separators=(",", ":")))
+    except (TypeError, ValueError):
+        return json.dumps(_json_safe(attributes), ensure_ascii=False, separators=(",", ":"))
+
+
+def hex_trace_id(trace_id: int) -> str:
+    return f"{trace_id:032x}"
+
+
+def hex_span_id(span_id: int) -> str:
+    return f"{span_id:016x}"
+
+
+@dataclass(slots=True)
+class _ResourceInfo:
+    service_name: str | None
+    attributes_json: str
+
+
+class _ResourceCache:
+    """Resources are shared by all spans of a provider: describe each one once."""
+
+    def __init__(self, limit: int = 64) -> None:
+        self._by_id: dict[int, tuple[Resource, _ResourceInfo]] = {}
+        self._limit = limit
+
+    def get(self, resource: Resource | None) -> _ResourceInfo:
+        if resource is None:
+            return _ResourceInfo(None, "{}")
+        hit = self._by_id.get(id(resource))
+        if hit is not None and hit[0] is resource:
+            return hit[1]
+        attributes = resource.attributes
+        name = attributes.get("service.name")
+        info = _ResourceInfo(None if name is None else str(name), attributes_json(attributes))
+        if len(self._by_id) >= self._limit:
+            self._by_id.clear()
+        self._by_id[id(resource)] = (resource, info)
+        return info
+
+
+def _error_message(span: ReadableSpan) -> str | None:
+    if span.status.status_code is not StatusCode.ERROR:
+        return None
+    if span.status.description:
+        return utf8(span.status.description)
+    for event in reversed(span.events):
+        if event.name == "exception" and event.attributes:
+            kind = event.attributes.get("exception.type", "")
+            message = event.attributes.get("exception.message", "")
+            return utf8(f"{kind}: {message}" if kind and message else str(kind or message)) or None
+    return None
+
+
+def _workflow_status(declared: str | None, failed: bool) -> str:
+    # Compensation is the outcome even of a step that failed; a step that failed after skip() failed.
+    if declared == "compensated":
+        return declared
+    if failed:
+        return "failed"
+    return "skipped" if declared == "skipped" else "completed"
+
+
+@dataclass(slots=True)
+class SpanBatch:
+    """Arrow tables for one batch of finished spans."""
+
+    spans: pa.Table
+    events: pa.Table
+    links: pa.Table
+
+    @property
+    def span_count(self) -> int:
+        return self.spans.num_rows
+
+
+class SpanConverter:
+    """Builds Arrow batches from SDK spans; reuses resource descriptions across batches."""
+
+    def __init__(self) -> None:
+        self._resources = _ResourceCache()
+
+    def finished(self, spans: Iterable[ReadableSpan]) -> SpanBatch:
+        columns: list[list[Any]] = [[] for _ in SPANS_SCHEMA]
+        event_rows: list[tuple[Any, ...]] = []
+        link_rows: list[tuple[Any, ...]] = []
+        for span in spans:
+            context = span.context
+            if context is None:
+                continue
+            trace_id = hex_trace_id(context.trace_id)
+            span_id = hex_span_id(context.span_id)
+            parent = span.parent
+            attributes = span.attributes or {}
+            name = utf8(span.name)
+            start = span.start_time or 0
+            end = span.end_time if span.end_time is not None else start
+            resource = self._resources.get(span.resource)
+            scope = span.instrumentation_scope
+            found = cv.recognise(name, attributes)
+            failed = span.status.status_code is StatusCode.ERROR or found.declared_status == "failed"
+            input_data = output_data = None
+            for index, event in enumerate(span.events):
+                event_attributes = event.attributes or {}
+                if event.name == cv.IO_INPUT_EVENT:
+                    input_data = _io_payload(event_attributes)
+                elif event.name == cv.IO_OUTPUT_EVENT:
+                    output_data = _io_payload(event_attributes)
+                event_rows.append(
+                    (
+                        trace_id,
+                        span_id,
+                        index,
+                        utf8(event.name),
+                        event.timestamp // 1000,
+                        attributes_json(event_attributes),
+                    )
+                )
+            for index, link in enumerate(span.links):
+                link_rows.append(
+                    (
+                        trace_id,
+                        span_id,
+                        index,
+                        hex_trace_id(link.context.trace_id),
+                        hex_span_id(link.context.span_id),
+                        attributes_json(link.attributes),
+                    )
+                )
+            row = (
+                trace_id,
+                span_id,
+                None if parent is None else hex_span_id(parent.span_id),
+                name,
+                span.kind.name,
+                start // 1000,
+                end // 1000,
+                (end - start) / 1e6,
+                _STATUS_NAMES[span.status.status_code],
+                None if span.status.description is None else utf8(span.status.description),
+                resource.service_name,
+                resource.attributes_json,
+                None if scope is None else scope.name,
+                None if scope is None else scope.version,
+                attributes_json(attributes),
+                span.dropped_attributes,
+                span.dropped_events,
+                span.dropped_links,
+                found.role,
+                found.execution_id,
+                found.workflow_id,
+                found.step_name,
+                found.step_type,
+                found.step_sequence,
+                None if found.role is None else _workflow_status(found.declared_status, failed),
+                _error_message(span) if failed else None,
+                found.trigger_type,
+                found.triggered_by,
+                found.config_version,
+                found.capture_io if found.role is not None else None,
+                input_data,
+                output_data,
+            )
+            for column, value in zip(columns, row, strict=True):
+                column.append(value)
+        return SpanBatch(
+            spans=pa.Table.from_arrays(
+                [pa.array(c, type=f.type) for c, f in zip(columns, SPANS_SCHEMA, strict=True)],
+                schema=SPANS_SCHEMA,
+            ),
+            events=_table(event_rows, EVENTS_SCHEMA),
+            links=_table(link_rows, LINKS_SCHEMA),
+        )
+
+
+def _io_payload(attributes: Mapping[str, Any]) -> str | None:
+    payload = attributes.get(cv.IO_JSON)
+    return None if payload is None else utf8(str(payload))
+
+
+def _table(rows: Sequence[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
+    if not rows:
+        return schema.empty_table()
+    columns = list(zip(*rows, strict=True))
+    return pa.Table.from_arrays(
+        [pa.array(c, type=f.type) for c, f in zip(columns, schema, strict=True)], schema=schema
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RunningRecord:
+    """What the processor knows of an execution or step span when it starts."""
+
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None
+    name: str
+    start_time_us: int
+    service_name: str | None
+    found: cv.Recognised
+
+    @classmethod
+    def of(cls, span: ReadableSpan) -> RunningRecord | None:
+        context = span.context
+        if context is None:
+            return None
+        attributes = span.attributes or {}
+        name = utf8(span.name)
+        found = cv.recognise(name, attributes)
+        if found.role is None:
+            return None
+        resource = span.resource
+        service = None if resource is None else resource.attributes.get("service.name")
+        return cls(
+            trace_id=hex_trace_id(context.trace_id),
+            span_id=hex_span_id(context.span_id),
+            parent_span_id=None if span.parent is None else hex_span_id(span.parent.span_id),
+            name=name,
+            start_time_us=(span.start_time or 0) // 1000,
+            service_name=None if service is None else str(service),
+            found=found,
+        )
+
+
+def running_table(records: Sequence[RunningRecord], writer_id: str) -> pa.Table:
+    pid = os.getpid()
+    rows = [
+        (
+            r.trace_id,
+            r.span_id,
+            r.parent_span_id,
+            r.name,
+            r.start_time_us,
+            r.service_name,
+            r.found.role,
+            r.found.execution_id,
+            r.found.workflow_id,
+            r.found.step_name,
+            r.found.step_type,
+            r.found.step_sequence,
+            r.found.trigger_type,
+            r.found.triggered_by,
+            r.found.config_version,
+            r.found.capture_io,
+            writer_id,
+            pid,
+        )
+        for r in records
+    ]
+    return _table(rows, RUNNING_SCHEMA)

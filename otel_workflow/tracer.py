@@ -1,0 +1,277 @@
+"""`WorkflowTracer`: executions and steps as OpenTelemetry spans.
+
+`wf.execution(...)` and `wf.step(name)` are context managers (`with` and
+`async with`) and decorators (sync and async functions). Each entry starts a
+new span and makes it current, so nested steps, threads started with a copied
+context, and asyncio tasks all see the right parent. An exception marks the
+span failed (status ERROR with an `exception` event) and is re-raised.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import uuid
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.util.types import AttributeValue
+
+from otel_workflow import conventions as cv
+from otel_workflow.capture import io_capture_enabled
+
+__all__ = ["Execution", "ExecutionScope", "Step", "StepScope", "WorkflowTracer"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+H = TypeVar("H", "Execution", "Step")
+
+_INSTRUMENTATION_NAME = "otel_workflow"
+
+
+class Execution:
+    """The handle of a running execution."""
+
+    __slots__ = ("execution_id", "span", "workflow_id")
+
+    def __init__(self, span: Span, execution_id: str, workflow_id: str) -> None:
+        self.span = span
+        self.execution_id = execution_id
+        self.workflow_id = workflow_id
+
+    def __repr__(self) -> str:
+        return f"Execution({self.workflow_id!r}, {self.execution_id!r})"
+
+
+class Step:
+    """The handle of a running step."""
+
+    __slots__ = ("execution", "name", "span")
+
+    def __init__(self, span: Span, name: str, execution: Execution | None) -> None:
+        self.span = span
+        self.name = name
+        self.execution = execution
+
+    def skip(self, reason: str | None = None) -> None:
+        """End state `skipped` instead of `completed`; the reason is kept as an attribute and a log row."""
+        self.span.set_attribute(cv.STEP_STATUS, "skipped")
+        if reason is not None:
+            self.span.set_attribute(cv.STEP_SKIP_REASON, reason)
+        self.span.add_event("workflow.step.skipped", {"message": f"Step skipped: {reason or 'no reason given'}"})
+
+    def mark_compensated(self) -> None:
+        """End state `compensated`: the step's effect was undone by a compensating action."""
+        self.span.set_attribute(cv.STEP_STATUS, "compensated")
+
+    def __repr__(self) -> str:
+        return f"Step({self.name!r})"
+
+
+_current_execution: contextvars.ContextVar[Execution | None] = contextvars.ContextVar(
+    "otel_workflow_execution", default=None
+)
+_current_step: contextvars.ContextVar[Step | None] = contextvars.ContextVar("otel_workflow_step", default=None)
+
+
+class _SpanScope(Generic[H]):
+    """One `with` block or decorated call: starts a span on entry and ends it on exit."""
+
+    def __init__(self) -> None:
+        self._active: list[tuple[H, object, contextvars.Token[Any]]] = []
+
+    def _start(self) -> tuple[H, contextvars.Token[Any]]:
+        raise NotImplementedError
+
+    def _fresh(self) -> _SpanScope[H]:
+        raise NotImplementedError
+
+    def __enter__(self) -> H:
+        handle, var_token = self._start()
+        context_token = otel_context.attach(trace.set_span_in_context(handle.span))
+        self._active.append((handle, context_token, var_token))
+        return handle
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        handle, context_token, var_token = self._active.pop()
+        span = handle.span
+        try:
+            if exc is not None:
+                span.record_exception(exc, escaped=True)
+                message = str(exc)
+                span.set_status(
+                    Status(StatusCode.ERROR, f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
+                )
+            else:
+                span.set_status(Status(StatusCode.OK))
+            span.end()
+        finally:
+            otel_context.detach(context_token)  # type: ignore[arg-type]
+            var_token.var.reset(var_token)
+
+    async def __aenter__(self) -> H:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    def __call__(self, function: F) -> F:
+        """Decorate a function: each call runs in a new span of this kind."""
+        if inspect.iscoroutinefunction(function):
+
+            @functools.wraps(function)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                async with self._fresh():
+                    return await function(*args, **kwargs)
+
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with self._fresh():
+                return function(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+
+class ExecutionScope(_SpanScope[Execution]):
+    """`with wf.execution(...) as run:`: one workflow run."""
+
+    def __init__(
+        self,
+        tracer: WorkflowTracer,
+        trigger_type: str | None,
+        triggered_by: str | None,
+        execution_id: str | None,
+        attributes: Mapping[str, AttributeValue] | None,
+    ) -> None:
+        super().__init__()
+        self._tracer = tracer
+        self._trigger_type = trigger_type
+        self._triggered_by = triggered_by
+        self._execution_id = execution_id
+        self._attributes = attributes
+
+    def _fresh(self) -> ExecutionScope:
+        return ExecutionScope(self._tracer, self._trigger_type, self._triggered_by, None, self._attributes)
+
+    def _start(self) -> tuple[Execution, contextvars.Token[Any]]:
+        tracer = self._tracer
+        execution_id = self._execution_id or str(uuid.uuid4())
+        attributes: dict[str, AttributeValue] = dict(self._attributes or {})
+        attributes[cv.WORKFLOW_ID] = tracer.workflow_id
+        attributes[cv.EXECUTION_ID] = execution_id
+        if self._trigger_type is not None:
+            attributes[cv.TRIGGER_TYPE] = self._trigger_type
+        if self._triggered_by is not None:
+            attributes[cv.TRIGGERED_BY] = self._triggered_by
+        if tracer.config_version is not None:
+            attributes[cv.CONFIG_VERSION] = tracer.config_version
+        if io_capture_enabled():
+            attributes[cv.CAPTURE_IO] = True
+        span = tracer.otel_tracer.start_span(
+            cv.EXECUTION_SPAN_NAME, kind=SpanKind.INTERNAL, attributes=attributes, record_exception=False
+        )
+        handle = Execution(span, execution_id, tracer.workflow_id)
+        return handle, _current_execution.set(handle)
+
+
+class StepScope(_SpanScope[Step]):
+    """`with wf.step("validate") as step:`: one step of the current execution."""
+
+    def __init__(
+        self,
+        tracer: WorkflowTracer,
+        name: str,
+        step_type: str | None,
+        attributes: Mapping[str, AttributeValue] | None,
+    ) -> None:
+        super().__init__()
+        self._tracer = tracer
+        self._name = name
+        self._step_type = step_type
+        self._attributes = attributes
+
+    def _fresh(self) -> StepScope:
+        return StepScope(self._tracer, self._name, self._step_type, self._attributes)
+
+    def _start(self) -> tuple[Step, contextvars.Token[Any]]:
+        execution = _current_execution.get()
+        attributes: dict[str, AttributeValue] = dict(self._attributes or {})
+        attributes[cv.STEP_NAME] = self._name
+        if self._step_type is not None:
+            attributes[cv.STEP_TYPE] = self._step_type
+        if execution is not None:
+            attributes[cv.EXECUTION_ID] = execution.execution_id
+            attributes[cv.WORKFLOW_ID] = execution.workflow_id
+        span = self._tracer.otel_tracer.start_span(
+            cv.STEP_SPAN_PREFIX + self._name, kind=SpanKind.INTERNAL, attributes=attributes, record_exception=False
+        )
+        handle = Step(span, self._name, execution)
+        return handle, _current_step.set(handle)
+
+
+class WorkflowTracer:
+    """Instrumentation for one workflow: `execution()` for a run, `step()` for each step of it.
+
+    `tracer_provider` defaults to the global provider. `config_version` (a hash or
+    tag of the workflow's definition) is recorded on every execution.
+    """
+
+    def __init__(
+        self,
+        workflow_id: str,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        config_version: str | None = None,
+    ) -> None:
+        from otel_workflow import __version__
+
+        self.workflow_id = workflow_id
+        self.config_version = config_version
+        self.otel_tracer = trace.get_tracer(_INSTRUMENTATION_NAME, __version__, tracer_provider=tracer_provider)
+
+    def execution(
+        self,
+        *,
+        trigger_type: str | None = None,
+        triggered_by: str | None = None,
+        execution_id: str | None = None,
+        attributes: Mapping[str, AttributeValue] | None = None,
+    ) -> ExecutionScope:
+        """A workflow run. `execution_id` defaults to a new UUID (a decorator always makes a new one)."""
+        return ExecutionScope(self, trigger_type, triggered_by, execution_id, attributes)
+
+    def step(
+        self,
+        name: str,
+        *,
+        step_type: str | None = None,
+        attributes: Mapping[str, AttributeValue] | None = None,
+    ) -> StepScope:
+        """A step of the current execution; steps may nest."""
+        return StepScope(self, name, step_type, attributes)
+
+    @staticmethod
+    def current_execution() -> Execution | None:
+        """The execution whose block is running in this context, if any."""
+        return _current_execution.get()
+
+    @staticmethod
+    def current_step() -> Step | None:
+        """The innermost step whose block is running in this context, if any."""
+        return _current_step.get()
