@@ -1,13 +1,12 @@
 """otel-workflow: OpenTelemetry spans as the record of every workflow run, queryable in DuckDB."""
 
+from otel_workflow._version import __version__
 from otel_workflow.capture import capture_io, io_capture_enabled
 from otel_workflow.config import WorkflowTelemetry, configure
 from otel_workflow.exporter import DuckDBSpanExporter
 from otel_workflow.processor import WorkflowSpanProcessor
 from otel_workflow.store import ExecutionRow, StepRow, StoreError, TraceStore
 from otel_workflow.tracer import Execution, Step, WorkflowTracer
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DuckDBSpanExporter",

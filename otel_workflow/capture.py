@@ -27,7 +27,7 @@ def io_capture_enabled(context: otel_context.Context | None = None) -> bool:
     return isinstance(value, str) and value.strip().lower() == "true"
 
 
-class capture_io:  # noqa: N801 - used like a function: `with capture_io():`
+class capture_io:
     """Turn I/O capture on for the enclosed block; also a decorator for sync and async functions."""
 
     def __init__(self) -> None:

@@ -78,7 +78,8 @@ def configure(
 
 def _otlp_exporter() -> SpanExporter:
     try:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        # Imported here: the OTLP exporter is an optional extra.
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
     except ImportError as exc:
         raise ImportError(
             "configure(otlp=True) needs the OTLP exporter: pip install 'otel-workflow[otlp]'"

@@ -25,87 +25,83 @@ from otel_workflow import conventions as cv
 
 _TS = pa.timestamp("us", tz="UTC")
 
-SPANS_SCHEMA = pa.schema(
-    [
-        ("trace_id", pa.string()),
-        ("span_id", pa.string()),
-        ("parent_span_id", pa.string()),
-        ("name", pa.string()),
-        ("kind", pa.string()),
-        ("start_time", _TS),
-        ("end_time", _TS),
-        ("duration_ms", pa.float64()),
-        ("status_code", pa.string()),
-        ("status_message", pa.string()),
-        ("service_name", pa.string()),
-        ("resource_attributes", pa.string()),
-        ("scope_name", pa.string()),
-        ("scope_version", pa.string()),
-        ("attributes", pa.string()),
-        ("dropped_attributes", pa.int32()),
-        ("dropped_events", pa.int32()),
-        ("dropped_links", pa.int32()),
-        ("workflow_role", pa.string()),
-        ("execution_id", pa.string()),
-        ("workflow_id", pa.string()),
-        ("step_name", pa.string()),
-        ("step_type", pa.string()),
-        ("step_sequence", pa.int64()),
-        ("workflow_status", pa.string()),
-        ("error_message", pa.string()),
-        ("trigger_type", pa.string()),
-        ("triggered_by", pa.string()),
-        ("config_version", pa.string()),
-        ("capture_io", pa.bool_()),
-        ("input_data", pa.string()),
-        ("output_data", pa.string()),
-    ]
-)
+_SPANS_FIELDS: list[pa.Field[Any]] = [
+    pa.field("trace_id", pa.string()),
+    pa.field("span_id", pa.string()),
+    pa.field("parent_span_id", pa.string()),
+    pa.field("name", pa.string()),
+    pa.field("kind", pa.string()),
+    pa.field("start_time", _TS),
+    pa.field("end_time", _TS),
+    pa.field("duration_ms", pa.float64()),
+    pa.field("status_code", pa.string()),
+    pa.field("status_message", pa.string()),
+    pa.field("service_name", pa.string()),
+    pa.field("resource_attributes", pa.string()),
+    pa.field("scope_name", pa.string()),
+    pa.field("scope_version", pa.string()),
+    pa.field("attributes", pa.string()),
+    pa.field("dropped_attributes", pa.int32()),
+    pa.field("dropped_events", pa.int32()),
+    pa.field("dropped_links", pa.int32()),
+    pa.field("workflow_role", pa.string()),
+    pa.field("execution_id", pa.string()),
+    pa.field("workflow_id", pa.string()),
+    pa.field("step_name", pa.string()),
+    pa.field("step_type", pa.string()),
+    pa.field("step_sequence", pa.int64()),
+    pa.field("workflow_status", pa.string()),
+    pa.field("error_message", pa.string()),
+    pa.field("trigger_type", pa.string()),
+    pa.field("triggered_by", pa.string()),
+    pa.field("config_version", pa.string()),
+    pa.field("capture_io", pa.bool_()),
+    pa.field("input_data", pa.string()),
+    pa.field("output_data", pa.string()),
+]
+SPANS_SCHEMA = pa.schema(_SPANS_FIELDS)
 
-EVENTS_SCHEMA = pa.schema(
-    [
-        ("trace_id", pa.string()),
-        ("span_id", pa.string()),
-        ("event_index", pa.int32()),
-        ("name", pa.string()),
-        ("timestamp", _TS),
-        ("attributes", pa.string()),
-    ]
-)
+_EVENTS_FIELDS: list[pa.Field[Any]] = [
+    pa.field("trace_id", pa.string()),
+    pa.field("span_id", pa.string()),
+    pa.field("event_index", pa.int32()),
+    pa.field("name", pa.string()),
+    pa.field("timestamp", _TS),
+    pa.field("attributes", pa.string()),
+]
+EVENTS_SCHEMA = pa.schema(_EVENTS_FIELDS)
 
-LINKS_SCHEMA = pa.schema(
-    [
-        ("trace_id", pa.string()),
-        ("span_id", pa.string()),
-        ("link_index", pa.int32()),
-        ("linked_trace_id", pa.string()),
-        ("linked_span_id", pa.string()),
-        ("attributes", pa.string()),
-    ]
-)
+_LINKS_FIELDS: list[pa.Field[Any]] = [
+    pa.field("trace_id", pa.string()),
+    pa.field("span_id", pa.string()),
+    pa.field("link_index", pa.int32()),
+    pa.field("linked_trace_id", pa.string()),
+    pa.field("linked_span_id", pa.string()),
+    pa.field("attributes", pa.string()),
+]
+LINKS_SCHEMA = pa.schema(_LINKS_FIELDS)
 
-RUNNING_SCHEMA = pa.schema(
-    [
-        ("trace_id", pa.string()),
-        ("span_id", pa.string()),
-        ("parent_span_id", pa.string()),
-        ("name", pa.string()),
-        ("start_time", _TS),
-        ("service_name", pa.string()),
-        ("workflow_role", pa.string()),
-        ("execution_id", pa.string()),
-        ("workflow_id", pa.string()),
-        ("step_name", pa.string()),
-        ("step_type", pa.string()),
-        ("step_sequence", pa.int64()),
-        ("trigger_type", pa.string()),
-        ("triggered_by", pa.string()),
-        ("config_version", pa.string()),
-        ("capture_io", pa.bool_()),
-        ("writer_id", pa.string()),
-        ("pid", pa.int64()),
-    ]
-)
+_RUNNING_FIELDS: list[pa.Field[Any]] = [
+    pa.field("trace_id", pa.string()),
+    pa.field("span_id", pa.string()),
+    pa.field("parent_span_id", pa.string()),
+    pa.field("name", pa.string()),
+    pa.field("start_time", _TS),
+    pa.field("service_name", pa.string()),
+    pa.field("workflow_role", pa.string()),
+    pa.field("execution_id", pa.string()),
+    pa.field("workflow_id", pa.string()),
+    pa.field("step_name", pa.string()),
+    pa.field("step_type", pa.string()),
+    pa.field("step_sequence", pa.int64()),
+    pa.field("trigger_type", pa.string()),
+    pa.field("triggered_by", pa.string()),
+    pa.field("config_version", pa.string()),
+    pa.field("capture_io", pa.bool_()),
+    pa.field("writer_id", pa.string()),
+    pa.field("pid", pa.int64()),
+]
+RUNNING_SCHEMA = pa.schema(_RUNNING_FIELDS)
 
 _STATUS_NAMES = {StatusCode.UNSET: "UNSET", StatusCode.OK: "OK", StatusCode.ERROR: "ERROR"}
 

@@ -187,7 +187,8 @@ SELECT span_id || ':end',
        CASE WHEN status = 'failed' THEN 'error' ELSE 'info' END,
        CASE WHEN workflow_role = 'execution' THEN
             CASE WHEN status = 'failed'
-                 THEN 'Execution failed: ' || coalesce(workflow_id, name) || coalesce(': ' || error_message, '')
+                 THEN 'Execution failed: ' || coalesce(workflow_id, name)
+                      || coalesce(': ' || error_message, '')
                  ELSE printf('Execution completed: %s (%.1fms)', coalesce(workflow_id, name), duration_ms) END
        ELSE
             CASE status
@@ -247,7 +248,8 @@ def ensure_schema(connection: duckdb.DuckDBPyConnection) -> None:
     connection.execute("BEGIN TRANSACTION")
     try:
         connection.execute(
-            f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version INTEGER NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
+            f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} "
+            "(version INTEGER NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
         )
         connection.execute(_TABLES)
         connection.execute(_VIEWS)

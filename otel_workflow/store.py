@@ -124,12 +124,16 @@ class TraceStore:
             ensure_schema(self._memory)
         elif read_only:
             if not Path(self.path).exists():
-                raise StoreError(f"no database at {self.path}: run your traced application or `otel-workflow demo` first")
+                raise StoreError(
+                    f"no database at {self.path}: run your traced application or `otel-workflow demo` first"
+                )
         else:
             self._prepare_file()
-        self._writer = BackgroundWriter(_StoreSink(self), max_queued=max_queued_spans, flush_interval_s=flush_interval_s)
+        self._writer = BackgroundWriter(
+            _StoreSink(self), max_queued=max_queued_spans, flush_interval_s=flush_interval_s
+        )
         if not read_only:
-            # Flush at exit without closing: the TracerProvider's own exit hook may still export after this runs.
+            # Flush at exit without closing: the TracerProvider's exit hook may still export after this.
             atexit.register(_flush_at_exit, weakref.ref(self))
 
     def _prepare_file(self) -> None:
@@ -147,7 +151,9 @@ class TraceStore:
     # -- connections ---------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _connect(self, *, read_only: bool, timeout_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    def _connect(
+        self, *, read_only: bool, timeout_s: float | None = None
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection held only for the `with` block; waits out another process's lock briefly."""
         if self._memory is not None:
             with self._memory_lock:
@@ -224,7 +230,9 @@ class TraceStore:
             with self._memory_lock:
                 self._memory.close()
 
-    def _write_batch(self, spans: Sequence[ReadableSpan], running: Sequence[RunningRecord], final: bool) -> None:
+    def _write_batch(
+        self, spans: Sequence[ReadableSpan], running: Sequence[RunningRecord], final: bool
+    ) -> None:
         batch = self._converter.finished(spans) if spans else None
         ended = set(batch.spans.column("span_id").to_pylist()) if batch is not None else set()
         live = [r for r in running if r.span_id not in ended]
@@ -265,7 +273,7 @@ class TraceStore:
     def arrow(self, query: str, params: Sequence[Any] | None = None) -> pa.Table:
         """Run a query and return an Arrow table (for pandas: `.to_pandas()`, polars: `pl.from_arrow`)."""
         with self._connect(read_only=self.read_only) as connection:
-            return connection.execute(query, params).to_arrow_table()
+            return _arrow(connection.execute(query, params))
 
     def executions(
         self, *, status: str | None = None, workflow_id: str | None = None, limit: int = 50
@@ -305,11 +313,18 @@ class TraceStore:
         return f"TraceStore({self.path!r}, {mode})"
 
 
+def _arrow(result: duckdb.DuckDBPyConnection) -> pa.Table:
+    table = result.to_arrow_table()
+    if table is None:  # only for a statement that returns no result set
+        raise StoreError("the statement returned no rows to convert")
+    return table
+
+
 def _insert_finished(connection: duckdb.DuckDBPyConnection, batch: SpanBatch) -> None:
     spans = batch.spans
     if len(set(spans.column("span_id").to_pylist())) < spans.num_rows:
         connection.register("_raw_spans", spans)
-        spans = connection.execute("SELECT DISTINCT ON (trace_id, span_id) * FROM _raw_spans").to_arrow_table()
+        spans = _arrow(connection.execute("SELECT DISTINCT ON (trace_id, span_id) * FROM _raw_spans"))
         connection.unregister("_raw_spans")
     bounds = pc.min_max(spans.column("start_time"))
     connection.register("_span_batch", spans)

@@ -23,6 +23,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvid
 from opentelemetry.util.types import AttributeValue
 
 from otel_workflow import conventions as cv
+from otel_workflow._version import __version__
 from otel_workflow.capture import io_capture_enabled
 
 __all__ = ["Execution", "ExecutionScope", "Step", "StepScope", "WorkflowTracer"]
@@ -62,7 +63,9 @@ class Step:
         self.span.set_attribute(cv.STEP_STATUS, "skipped")
         if reason is not None:
             self.span.set_attribute(cv.STEP_SKIP_REASON, reason)
-        self.span.add_event("workflow.step.skipped", {"message": f"Step skipped: {reason or 'no reason given'}"})
+        self.span.add_event(
+            "workflow.step.skipped", {"message": f"Step skipped: {reason or 'no reason given'}"}
+        )
 
     def mark_compensated(self) -> None:
         """End state `compensated`: the step's effect was undone by a compensating action."""
@@ -75,7 +78,9 @@ class Step:
 _current_execution: contextvars.ContextVar[Execution | None] = contextvars.ContextVar(
     "otel_workflow_execution", default=None
 )
-_current_step: contextvars.ContextVar[Step | None] = contextvars.ContextVar("otel_workflow_step", default=None)
+_current_step: contextvars.ContextVar[Step | None] = contextvars.ContextVar(
+    "otel_workflow_step", default=None
+)
 
 
 class _SpanScope(Generic[H]):
@@ -109,7 +114,10 @@ class _SpanScope(Generic[H]):
                 span.record_exception(exc, escaped=True)
                 message = str(exc)
                 span.set_status(
-                    Status(StatusCode.ERROR, f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
+                    Status(
+                        StatusCode.ERROR,
+                        f"{type(exc).__name__}: {message}" if message else type(exc).__name__,
+                    )
                 )
             else:
                 span.set_status(Status(StatusCode.OK))
@@ -219,7 +227,10 @@ class StepScope(_SpanScope[Step]):
             attributes[cv.EXECUTION_ID] = execution.execution_id
             attributes[cv.WORKFLOW_ID] = execution.workflow_id
         span = self._tracer.otel_tracer.start_span(
-            cv.STEP_SPAN_PREFIX + self._name, kind=SpanKind.INTERNAL, attributes=attributes, record_exception=False
+            cv.STEP_SPAN_PREFIX + self._name,
+            kind=SpanKind.INTERNAL,
+            attributes=attributes,
+            record_exception=False,
         )
         handle = Step(span, self._name, execution)
         return handle, _current_step.set(handle)
@@ -239,11 +250,11 @@ class WorkflowTracer:
         tracer_provider: TracerProvider | None = None,
         config_version: str | None = None,
     ) -> None:
-        from otel_workflow import __version__
-
         self.workflow_id = workflow_id
         self.config_version = config_version
-        self.otel_tracer = trace.get_tracer(_INSTRUMENTATION_NAME, __version__, tracer_provider=tracer_provider)
+        self.otel_tracer = trace.get_tracer(
+            _INSTRUMENTATION_NAME, __version__, tracer_provider=tracer_provider
+        )
 
     def execution(
         self,
