@@ -42,6 +42,21 @@ MEMORY = ":memory:"
 __all__ = ["DEFAULT_DB_PATH", "ExecutionRow", "SchemaVersionError", "StepRow", "StoreError", "TraceStore"]
 
 
+# DuckDB shares one database instance among a process's connections to a file and tears it down
+# when the last one closes. Opening while another thread tears down (the writer ending its cycle
+# as a reader starts) was seen to yield a connection without the Python Arrow scan. Opening and
+# closing are therefore serialised per process; queries themselves run in parallel.
+_instance_lock = threading.Lock()
+
+
+def _reset_instance_lock() -> None:
+    global _instance_lock  # noqa: PLW0603 - a lock held by a thread that does not exist in the child
+    _instance_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_instance_lock)
+
+
 class StoreError(RuntimeError):
     """The database cannot be opened or used; the message says why and what to do."""
 
@@ -167,20 +182,23 @@ class TraceStore:
         try:
             yield connection
         finally:
-            connection.close()
+            with _instance_lock:
+                connection.close()
 
     def _open_file(self, read_only: bool, timeout_s: float) -> duckdb.DuckDBPyConnection:
         deadline = time.monotonic() + timeout_s
         delay = 0.005
         while True:
             try:
-                return duckdb.connect(self.path, read_only=read_only)
+                with _instance_lock:
+                    return duckdb.connect(self.path, read_only=read_only)
             except duckdb.Error as exc:
                 if not _is_lock_conflict(exc):
                     raise
                 if read_only and "different configuration" in str(exc):
                     # This process already has the file open for writing: share that instance.
-                    return duckdb.connect(self.path)
+                    with _instance_lock:
+                        return duckdb.connect(self.path)
                 if time.monotonic() + delay > deadline:
                     raise
                 time.sleep(delay)
@@ -273,7 +291,8 @@ class TraceStore:
     def arrow(self, query: str, params: Sequence[Any] | None = None) -> pa.Table:
         """Run a query and return an Arrow table (for pandas: `.to_pandas()`, polars: `pl.from_arrow`)."""
         with self._connect(read_only=self.read_only) as connection:
-            return _arrow(connection.execute(query, params))
+            table: pa.Table = connection.sql(query, params=params).to_arrow_table()
+            return table
 
     def executions(
         self, *, status: str | None = None, workflow_id: str | None = None, limit: int = 50
@@ -313,19 +332,13 @@ class TraceStore:
         return f"TraceStore({self.path!r}, {mode})"
 
 
-def _arrow(result: duckdb.DuckDBPyConnection) -> pa.Table:
-    table = result.to_arrow_table()
-    if table is None:  # only for a statement that returns no result set
-        raise StoreError("the statement returned no rows to convert")
-    return table
-
-
 def _insert_finished(connection: duckdb.DuckDBPyConnection, batch: SpanBatch) -> None:
-    spans = batch.spans
+    spans, events, links = batch.spans, batch.events, batch.links
     if len(set(spans.column("span_id").to_pylist())) < spans.num_rows:
-        connection.register("_raw_spans", spans)
-        spans = _arrow(connection.execute("SELECT DISTINCT ON (trace_id, span_id) * FROM _raw_spans"))
-        connection.unregister("_raw_spans")
+        # The same span twice in one batch (exported twice before the writer ran): keep one of each.
+        spans = _distinct(connection, spans, "trace_id, span_id")
+        events = _distinct(connection, events, "trace_id, span_id, event_index")
+        links = _distinct(connection, links, "trace_id, span_id, link_index")
     bounds = pc.min_max(spans.column("start_time"))
     connection.register("_span_batch", spans)
     # A re-exported span has the same start time: bounding the check by the batch's start times lets
@@ -342,10 +355,7 @@ def _insert_finished(connection: duckdb.DuckDBPyConnection, batch: SpanBatch) ->
     ).fetchone()
     connection.unregister("_span_batch")
     all_new = inserted is not None and inserted[0] == spans.num_rows
-    for table, name, key in (
-        (batch.events, "span_events", "event_index"),
-        (batch.links, "span_links", "link_index"),
-    ):
+    for table, name, key in ((events, "span_events", "event_index"), (links, "span_links", "link_index")):
         if table.num_rows == 0:
             continue
         connection.register("_child_batch", table)
@@ -367,6 +377,17 @@ def _insert_finished(connection: duckdb.DuckDBPyConnection, batch: SpanBatch) ->
         "DELETE FROM running_spans r USING _ended e WHERE r.span_id = e.span_id AND r.trace_id = e.trace_id"
     )
     connection.unregister("_ended")
+
+
+def _distinct(connection: duckdb.DuckDBPyConnection, table: pa.Table, key: str) -> pa.Table:
+    if table.num_rows == 0:
+        return table
+    connection.register("_with_duplicates", table)
+    distinct: pa.Table = connection.sql(
+        f"SELECT DISTINCT ON ({key}) * FROM _with_duplicates"
+    ).to_arrow_table()
+    connection.unregister("_with_duplicates")
+    return distinct
 
 
 class _StoreSink:

@@ -1,0 +1,34 @@
+"""Helpers shared by the test modules (plain functions; fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def wait_until(
+    probe: Callable[[], T], *, timeout_s: float = 15.0, interval_s: float = 0.02, what: str = ""
+) -> T:
+    """Call `probe` until it returns a truthy value and return that value; fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    last: T = probe()
+    while not last:
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout_s}s waiting for {what or probe!r}; last value: {last!r}"
+            )
+        time.sleep(interval_s)
+        last = probe()
+    return last
+
+
+def epoch_us(value: object) -> int:
+    """Microseconds since the epoch of a timezone-aware datetime returned by DuckDB."""
+    assert isinstance(value, datetime), value
+    assert value.tzinfo is not None, value
+    delta = value - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
