@@ -1,7 +1,13 @@
 """otel-workflow: OpenTelemetry spans as the record of every workflow run, queryable in DuckDB."""
 
 from otel_workflow._version import __version__
-from otel_workflow.capture import capture_io, io_capture_enabled
+from otel_workflow.capture import (
+    CapturePolicy,
+    capture_io,
+    capture_refused_count,
+    configure_capture,
+    io_capture_enabled,
+)
 from otel_workflow.config import WorkflowTelemetry, configure
 from otel_workflow.exporter import DuckDBSpanExporter
 from otel_workflow.processor import WorkflowSpanProcessor
@@ -9,6 +15,7 @@ from otel_workflow.store import ExecutionRow, StepRow, StoreError, TraceStore
 from otel_workflow.tracer import Execution, Step, WorkflowTracer
 
 __all__ = [
+    "CapturePolicy",
     "DuckDBSpanExporter",
     "Execution",
     "ExecutionRow",
@@ -21,6 +28,8 @@ __all__ = [
     "WorkflowTracer",
     "__version__",
     "capture_io",
+    "capture_refused_count",
     "configure",
+    "configure_capture",
     "io_capture_enabled",
 ]

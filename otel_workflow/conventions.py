@@ -31,6 +31,7 @@ STEP_STATUS: Final = "workflow.step.status"
 STEP_SKIP_REASON: Final = "workflow.step.skip_reason"
 
 IO_INPUT_EVENT: Final = "workflow.step.input"
+EXECUTION_INPUT_EVENT: Final = "workflow.execution.input"
 IO_OUTPUT_EVENT: Final = "workflow.step.output"
 IO_JSON: Final = "workflow.io.json"
 
@@ -92,15 +93,13 @@ def is_step(name: str, attributes: Mapping[str, Any]) -> bool:
 
 
 def is_execution(name: str, attributes: Mapping[str, Any]) -> bool:
-    if is_step(name, attributes):
-        return False
-    return name == EXECUTION_SPAN_NAME or CICD_RUN_ID in attributes
+    return role_of(name, attributes) == ROLE_EXECUTION
 
 
 def role_of(name: str, attributes: Mapping[str, Any]) -> str | None:
     if is_step(name, attributes):
         return ROLE_STEP
-    if is_execution(name, attributes):
+    if name == EXECUTION_SPAN_NAME or CICD_RUN_ID in attributes:
         return ROLE_EXECUTION
     return None
 

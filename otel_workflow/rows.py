@@ -106,6 +106,9 @@ RUNNING_SCHEMA = pa.schema(_RUNNING_FIELDS)
 _STATUS_NAMES = {StatusCode.UNSET: "UNSET", StatusCode.OK: "OK", StatusCode.ERROR: "ERROR"}
 
 
+_COMPACT = (",", ":")
+
+
 def utf8(text: str) -> str:
     """`text` itself, or with lone surrogates replaced so that it encodes as UTF-8."""
     if text.isascii():
@@ -136,12 +139,34 @@ def _json_safe(value: Any) -> Any:
         return f"<unprintable {type(value).__name__}>"
 
 
+def plain_attributes(attributes: Any) -> Mapping[str, Any]:
+    """The plain dict behind SDK attributes, for fast lookups and `json.dumps`.
+
+    The SDK's `BoundedAttributes` is a Mapping whose every lookup runs Python code under a
+    lock; on a finished span it no longer changes, so its inner `_dict` is read directly
+    when it is there, with the public Mapping interface as the fallback.
+    """
+    if attributes is None:
+        return {}
+    inner = getattr(attributes, "_dict", None)
+    if isinstance(inner, dict):
+        return inner
+    return attributes if isinstance(attributes, dict) else dict(attributes)
+
+
+def span_attributes(span: ReadableSpan) -> Mapping[str, Any]:
+    """A span's attributes as a plain dict (see `plain_attributes`)."""
+    # ReadableSpan.attributes wraps them in a MappingProxyType, which hides `_dict`.
+    return plain_attributes(getattr(span, "_attributes", None) or span.attributes)
+
+
 def attributes_json(attributes: Mapping[str, Any] | None) -> str:
     """Attributes as a JSON object. The fast path is one `json.dumps`; odd values take the safe path."""
     if not attributes:
         return "{}"
     try:
-        return utf8(json.dumps(dict(attributes), ensure_ascii=False, allow_nan=False, separators=(",", ":")))
+        text = json.dumps(plain_attributes(attributes), ensure_ascii=False, allow_nan=False, separators=_COMPACT)
+        return utf8(text)
     except (TypeError, ValueError):
         return json.dumps(_json_safe(attributes), ensure_ascii=False, separators=(",", ":"))
 
@@ -234,7 +259,7 @@ class SpanConverter:
             trace_id = hex_trace_id(context.trace_id)
             span_id = hex_span_id(context.span_id)
             parent = span.parent
-            attributes = span.attributes or {}
+            attributes = span_attributes(span)
             name = utf8(span.name)
             start = span.start_time or 0
             end = span.end_time if span.end_time is not None else start
@@ -244,8 +269,8 @@ class SpanConverter:
             failed = span.status.status_code is StatusCode.ERROR or found.declared_status == "failed"
             input_data = output_data = None
             for index, event in enumerate(span.events):
-                event_attributes = event.attributes or {}
-                if event.name == cv.IO_INPUT_EVENT:
+                event_attributes = plain_attributes(event.attributes)
+                if event.name in (cv.IO_INPUT_EVENT, cv.EXECUTION_INPUT_EVENT):
                     input_data = _io_payload(event_attributes)
                 elif event.name == cv.IO_OUTPUT_EVENT:
                     output_data = _io_payload(event_attributes)
@@ -347,7 +372,7 @@ class RunningRecord:
         context = span.context
         if context is None:
             return None
-        attributes = span.attributes or {}
+        attributes = span_attributes(span)
         name = utf8(span.name)
         found = cv.recognise(name, attributes)
         if found.role is None:

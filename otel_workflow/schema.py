@@ -132,7 +132,8 @@ SELECT e.execution_id AS id,
        e.trace_id,
        e.span_id,
        e.service_name,
-       cur.step_name AS current_step
+       cur.step_name AS current_step,
+       e.input_data AS trigger_data
 FROM workflow_spans e
 LEFT JOIN (
     SELECT execution_id, arg_max(step_name, step_sequence) AS step_name
@@ -216,10 +217,11 @@ SELECT ev.span_id || ':' || ev.event_index,
                       || coalesce(': ' || (ev.attributes ->> 'exception.message'), '')
             WHEN ev.name = 'workflow.step.input' THEN 'Step input recorded'
             WHEN ev.name = 'workflow.step.output' THEN 'Step output recorded'
+            WHEN ev.name = 'workflow.execution.input' THEN 'Execution input recorded'
             ELSE coalesce(ev.attributes ->> 'message', ev.attributes ->> 'log.message', ev.name) END,
        s.step_name,
        -- I/O events say that a payload was recorded and how big it is, never what it holds.
-       CASE WHEN ev.name IN ('workflow.step.input', 'workflow.step.output')
+       CASE WHEN json_exists(ev.attributes, '$."workflow.io.json"')
             THEN json_object('bytes', strlen(ev.attributes ->> 'workflow.io.json'))
             ELSE ev.attributes END,
        ev.timestamp

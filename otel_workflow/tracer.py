@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import logging
 import uuid
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -24,7 +25,13 @@ from opentelemetry.util.types import AttributeValue
 
 from otel_workflow import conventions as cv
 from otel_workflow._version import __version__
-from otel_workflow.capture import io_capture_enabled
+from otel_workflow.capture import (
+    EXECUTION_INPUT_EVENT,
+    begin_execution_capture,
+    current_request_trigger,
+    io_capture_enabled,
+    record_payload,
+)
 
 __all__ = ["Execution", "ExecutionScope", "Step", "StepScope", "WorkflowTracer"]
 
@@ -32,6 +39,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 H = TypeVar("H", "Execution", "Step")
 
 _INSTRUMENTATION_NAME = "otel_workflow"
+
+logger = logging.getLogger("otel_workflow")
 
 
 class Execution:
@@ -71,8 +80,31 @@ class Step:
         """End state `compensated`: the step's effect was undone by a compensating action."""
         self.span.set_attribute(cv.STEP_STATUS, "compensated")
 
+    def record_input(self, obj: object) -> None:
+        """Record the step's input, when I/O capture is on in the current context; else do nothing.
+
+        The object is turned into JSON (any type), redacted and cut to the policy's
+        size limit (`otel_workflow.capture.configure_capture`), then attached as
+        event `workflow.step.input`. Never raises.
+        """
+        # The switch is checked before anything else: with capture off this costs one baggage lookup.
+        if io_capture_enabled():
+            _record(self.span, cv.IO_INPUT_EVENT, obj)
+
+    def record_output(self, obj: object) -> None:
+        """Record the step's output like `record_input`, as event `workflow.step.output`."""
+        if io_capture_enabled():
+            _record(self.span, cv.IO_OUTPUT_EVENT, obj)
+
     def __repr__(self) -> str:
         return f"Step({self.name!r})"
+
+
+def _record(span: Span, event_name: str, obj: object) -> None:
+    try:
+        record_payload(span, event_name, obj)
+    except Exception:  # recording must never break the step it describes
+        logger.exception("otel-workflow could not record a payload")
 
 
 _current_execution: contextvars.ContextVar[Execution | None] = contextvars.ContextVar(
@@ -87,7 +119,12 @@ class _SpanScope(Generic[H]):
     """One `with` block or decorated call: starts a span on entry and ends it on exit."""
 
     def __init__(self) -> None:
-        self._active: list[tuple[H, object, contextvars.Token[Any]]] = []
+        # Open entries live in a context variable, not on the object: one scope object entered by
+        # overlapping asyncio tasks or threads (a shared decorator or `validate = wf.step(...)`)
+        # must end each task's own span.
+        self._open: contextvars.ContextVar[tuple[tuple[Any, object, contextvars.Token[Any]], ...]] = (
+            contextvars.ContextVar("otel_workflow_open_scope", default=())
+        )
 
     def _start(self) -> tuple[H, contextvars.Token[Any]]:
         raise NotImplementedError
@@ -95,10 +132,14 @@ class _SpanScope(Generic[H]):
     def _fresh(self) -> _SpanScope[H]:
         raise NotImplementedError
 
+    def _block_context(self, handle: H) -> otel_context.Context:
+        """The context the block runs in: the current one with the handle's span."""
+        return trace.set_span_in_context(handle.span)
+
     def __enter__(self) -> H:
         handle, var_token = self._start()
-        context_token = otel_context.attach(trace.set_span_in_context(handle.span))
-        self._active.append((handle, context_token, var_token))
+        context_token = otel_context.attach(self._block_context(handle))
+        self._open.set((*self._open.get(), (handle, context_token, var_token)))
         return handle
 
     def __exit__(
@@ -107,7 +148,9 @@ class _SpanScope(Generic[H]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        handle, context_token, var_token = self._active.pop()
+        entries = self._open.get()
+        handle, context_token, var_token = entries[-1]
+        self._open.set(entries[:-1])
         span = handle.span
         try:
             if exc is not None:
@@ -166,6 +209,8 @@ class ExecutionScope(_SpanScope[Execution]):
         triggered_by: str | None,
         execution_id: str | None,
         attributes: Mapping[str, AttributeValue] | None,
+        *,
+        trigger_data: object = None,
     ) -> None:
         super().__init__()
         self._tracer = tracer
@@ -173,9 +218,21 @@ class ExecutionScope(_SpanScope[Execution]):
         self._triggered_by = triggered_by
         self._execution_id = execution_id
         self._attributes = attributes
+        self._trigger_data = trigger_data
+        # Execution handle id -> the context the capture decision made for it (granted: marked as
+        # holding a token; refused: without the switch). Set by `_start` and taken by `_block_context`
+        # within one `__enter__`.
+        self._capture_contexts: dict[int, otel_context.Context] = {}
 
     def _fresh(self) -> ExecutionScope:
-        return ExecutionScope(self._tracer, self._trigger_type, self._triggered_by, None, self._attributes)
+        return ExecutionScope(
+            self._tracer,
+            self._trigger_type,
+            self._triggered_by,
+            None,
+            self._attributes,
+            trigger_data=self._trigger_data,
+        )
 
     def _start(self) -> tuple[Execution, contextvars.Token[Any]]:
         tracer = self._tracer
@@ -183,19 +240,41 @@ class ExecutionScope(_SpanScope[Execution]):
         attributes: dict[str, AttributeValue] = dict(self._attributes or {})
         attributes[cv.WORKFLOW_ID] = tracer.workflow_id
         attributes[cv.EXECUTION_ID] = execution_id
-        if self._trigger_type is not None:
-            attributes[cv.TRIGGER_TYPE] = self._trigger_type
-        if self._triggered_by is not None:
-            attributes[cv.TRIGGERED_BY] = self._triggered_by
+        trigger_type, triggered_by = self._trigger_type, self._triggered_by
+        if trigger_type is None or triggered_by is None:
+            # Inside the HTTP middleware: the request is the trigger.
+            request = current_request_trigger()
+            if request is not None:
+                if trigger_type is None:
+                    trigger_type = request.trigger_type
+                if triggered_by is None:
+                    triggered_by = request.triggered_by
+        if trigger_type is not None:
+            attributes[cv.TRIGGER_TYPE] = trigger_type
+        if triggered_by is not None:
+            attributes[cv.TRIGGERED_BY] = triggered_by
         if tracer.config_version is not None:
             attributes[cv.CONFIG_VERSION] = tracer.config_version
-        if io_capture_enabled():
+        # The rate limit applies here: a refused execution runs in a context without the switch, so
+        # neither its steps nor the services it calls capture anything.
+        capture, capture_context = begin_execution_capture()
+        if capture:
             attributes[cv.CAPTURE_IO] = True
         span = tracer.otel_tracer.start_span(
             cv.EXECUTION_SPAN_NAME, kind=SpanKind.INTERNAL, attributes=attributes, record_exception=False
         )
+        if capture and self._trigger_data is not None:
+            _record(span, EXECUTION_INPUT_EVENT, self._trigger_data)
         handle = Execution(span, execution_id, tracer.workflow_id)
+        if capture_context is not None:
+            self._capture_contexts[id(handle)] = capture_context
         return handle, _current_execution.set(handle)
+
+    def _block_context(self, handle: Execution) -> otel_context.Context:
+        # The span's context is built on the capture decision's one, so the block runs with it and one
+        # detach on exit undoes both.
+        base = self._capture_contexts.pop(id(handle), None)
+        return trace.set_span_in_context(handle.span, base)
 
 
 class StepScope(_SpanScope[Step]):
@@ -263,9 +342,19 @@ class WorkflowTracer:
         triggered_by: str | None = None,
         execution_id: str | None = None,
         attributes: Mapping[str, AttributeValue] | None = None,
+        trigger_data: object = None,
     ) -> ExecutionScope:
-        """A workflow run. `execution_id` defaults to a new UUID (a decorator always makes a new one)."""
-        return ExecutionScope(self, trigger_type, triggered_by, execution_id, attributes)
+        """A workflow run. `execution_id` defaults to a new UUID (a decorator always makes a new one).
+
+        `trigger_type` and `triggered_by` default, inside the HTTP middleware
+        (`otel_workflow.asgi` / `otel_workflow.wsgi`), to the request's
+        "METHOD /path" and user. `trigger_data` (the request body, a message...)
+        is recorded only when I/O capture is on, redacted and bounded like step
+        I/O, as event `workflow.execution.input` of the execution span.
+        """
+        return ExecutionScope(
+            self, trigger_type, triggered_by, execution_id, attributes, trigger_data=trigger_data
+        )
 
     def step(
         self,

@@ -13,10 +13,19 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from otel_workflow import DuckDBSpanExporter, TraceStore, WorkflowSpanProcessor, WorkflowTracer
+from otel_workflow.capture import capture_limiter
 
 SERVICE_NAME = "orders-svc"
 WORKFLOW_ID = "orders"
 CONFIG_VERSION = "sha256:0123abcd"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_capture_budget() -> Iterator[None]:
+    """The capture rate limit is per process; each test starts with a full budget."""
+    capture_limiter().reset()
+    yield
+    capture_limiter().reset()
 
 
 @dataclass
