@@ -165,7 +165,8 @@ def attributes_json(attributes: Mapping[str, Any] | None) -> str:
     if not attributes:
         return "{}"
     try:
-        text = json.dumps(plain_attributes(attributes), ensure_ascii=False, allow_nan=False, separators=_COMPACT)
+        plain = plain_attributes(attributes)
+        text = json.dumps(plain, ensure_ascii=False, allow_nan=False, separators=_COMPACT)
         return utf8(text)
     except (TypeError, ValueError):
         return json.dumps(_json_safe(attributes), ensure_ascii=False, separators=(",", ":"))
