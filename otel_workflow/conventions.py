@@ -132,12 +132,16 @@ def _sequence(value: Any) -> int | None:
     return None
 
 
+_NOT_WORKFLOW: Final = Recognised(role=None, execution_id=None)
+
+
 def recognise(name: str, attributes: Mapping[str, Any]) -> Recognised:
     """Classify a span as execution, step or neither, and lift its workflow fields."""
     role = role_of(name, attributes)
     execution_id = execution_id_of(attributes)
     if role is None:
-        return Recognised(role=None, execution_id=execution_id)
+        # Most spans are neither: share one result instead of building one per span.
+        return _NOT_WORKFLOW if execution_id is None else Recognised(role=None, execution_id=execution_id)
     workflow_id = _text(_first(attributes, WORKFLOW_ID, CICD_PIPELINE_NAME))
     if role == ROLE_EXECUTION:
         result = _first(attributes, CICD_RESULT)
