@@ -11,19 +11,37 @@ from otel_workflow.capture import (
 from otel_workflow.config import WorkflowTelemetry, configure
 from otel_workflow.exporter import DuckDBSpanExporter
 from otel_workflow.processor import WorkflowSpanProcessor
+from otel_workflow.queries import (
+    AmbiguousExecutionId,
+    ExecutionDetail,
+    ExecutionNotFound,
+    LogRow,
+    PruneReport,
+    ReadOnlyViolation,
+    StepStats,
+    WorkflowStats,
+)
 from otel_workflow.store import ExecutionRow, StepRow, StoreError, TraceStore
 from otel_workflow.tracer import Execution, Step, WorkflowTracer
 
 __all__ = [
+    "AmbiguousExecutionId",
     "CapturePolicy",
     "DuckDBSpanExporter",
     "Execution",
+    "ExecutionDetail",
+    "ExecutionNotFound",
     "ExecutionRow",
+    "LogRow",
+    "PruneReport",
+    "ReadOnlyViolation",
     "Step",
     "StepRow",
+    "StepStats",
     "StoreError",
     "TraceStore",
     "WorkflowSpanProcessor",
+    "WorkflowStats",
     "WorkflowTelemetry",
     "WorkflowTracer",
     "__version__",

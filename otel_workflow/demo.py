@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 import time
 
-from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from otel_workflow.tracer import WorkflowTracer
@@ -37,13 +36,14 @@ def run_order(wf: WorkflowTracer, order_number: int, rng: random.Random, *, fail
             with wf.step("validate", step_type="step.validate"):
                 _work(rng, 1, 4)
             with wf.step("enrich", step_type="pipeline.enrich"):
-                with wf.step("fetch-customer", step_type="step.fetch"):
-                    # A span from "other instrumentation" inside a step: stored and shown, not a step.
-                    tracer = trace.get_tracer("demo.http-client")
-                    with tracer.start_as_current_span("GET /customers/{id}", kind=SpanKind.CLIENT) as http:
-                        http.set_attribute("http.request.method", "GET")
-                        http.set_attribute("http.response.status_code", 200)
-                        _work(rng, 2, 8)
+                # A span from "other instrumentation" inside a step: stored and shown, not a step.
+                with (
+                    wf.step("fetch-customer", step_type="step.fetch"),
+                    wf.otel_tracer.start_as_current_span("GET /customers/{id}", kind=SpanKind.CLIENT) as http,
+                ):
+                    http.set_attribute("http.request.method", "GET")
+                    http.set_attribute("http.response.status_code", 200)
+                    _work(rng, 2, 8)
                 with wf.step("fetch-inventory", step_type="step.fetch") as step:
                     step.span.add_event("cache miss", {"level": "warning", "message": "inventory cache miss"})
                     _work(rng, 3, 10)

@@ -1,10 +1,12 @@
 """`DuckDBSpanExporter`: the SpanExporter that stores finished spans in a `TraceStore`.
 
 Use it behind the SDK's `BatchSpanProcessor`, like any exporter. `export()`
-hands the batch to the store's background writer and returns; it never raises
-into the SDK. A batch the store cannot accept (queue full, after shutdown) is
-reported as FAILURE and counted by the store, which logs drops once per
-interval rather than once per span.
+hands the batch to the store's background writer and returns; none of its
+methods raises into the SDK. A batch the store cannot accept whole (queue
+full, after shutdown) is reported as FAILURE and what was left out is counted
+by the store, which logs drops once per interval rather than once per span.
+`shutdown()` is bounded: it takes the time the BatchSpanProcessor passes it,
+and at most the store's `shutdown_timeout_s`.
 """
 
 from __future__ import annotations
@@ -30,24 +32,35 @@ class DuckDBSpanExporter(SpanExporter):
         self._shutdown = False
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        if self._shutdown:
-            return SpanExportResult.FAILURE
         try:
+            if self._shutdown:
+                return SpanExportResult.FAILURE
             accepted = self.store.submit_spans(spans)
         except Exception:  # the SDK must never see an exception from us
-            logger.exception("otel-workflow could not queue %d spans", len(spans))
+            logger.exception("otel-workflow could not queue a batch of spans")
             return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS if accepted else SpanExportResult.FAILURE
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return self.store.flush(timeout_millis / 1000)
+        try:
+            return self.store.flush(timeout_millis / 1000)
+        except Exception:
+            logger.exception("otel-workflow could not flush")
+            return False
 
-    def shutdown(self) -> None:
-        """Write what is queued and stop writing; close the store if this exporter opened it."""
+    def shutdown(self, timeout_millis: float = 30_000) -> None:
+        """Write what is queued and stop writing; close the store if this exporter opened it.
+
+        Bounded by `timeout_millis` (the SDK's BatchSpanProcessor passes what is left of its
+        own timeout) and by the store's `shutdown_timeout_s`. Idempotent; never raises.
+        """
         if self._shutdown:
             return
         self._shutdown = True
-        if self._owns_store:
-            self.store.close()
-        else:
-            self.store.close_writer()
+        try:
+            if self._owns_store:
+                self.store.close(timeout_millis / 1000)
+            else:
+                self.store.close_writer(timeout_millis / 1000)
+        except Exception:
+            logger.exception("otel-workflow could not shut down its exporter cleanly")

@@ -18,7 +18,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from otel_workflow import conventions as cv
-from otel_workflow.rows import RunningRecord
+from otel_workflow.rows import RunningRecord, span_attributes
 from otel_workflow.store import TraceStore
 
 logger = logging.getLogger("otel_workflow")
@@ -50,15 +50,17 @@ class WorkflowSpanProcessor(SpanProcessor):
                 logger.exception("otel-workflow processor failed on span start; further failures are silent")
 
     def _on_start(self, span: Span, parent_context: otel_context.Context | None) -> None:
-        attributes = span.attributes or {}
+        # Plain-dict views: lookups through the SDK's Mapping wrappers cost a lock and an exception each.
+        attributes = span_attributes(span)
         execution_id = cv.execution_id_of(attributes)
         if execution_id is None:
             parent = trace.get_current_span(parent_context)
-            if isinstance(parent, ReadableSpan) and parent.attributes:
-                execution_id = cv.execution_id_of(parent.attributes)
+            if isinstance(parent, ReadableSpan):
+                parent_attributes = span_attributes(parent)
+                execution_id = cv.execution_id_of(parent_attributes)
                 if execution_id is not None:
                     span.set_attribute(cv.EXECUTION_ID, execution_id)
-                    workflow_id = parent.attributes.get(cv.WORKFLOW_ID)
+                    workflow_id = parent_attributes.get(cv.WORKFLOW_ID)
                     if workflow_id is not None and cv.WORKFLOW_ID not in attributes:
                         span.set_attribute(cv.WORKFLOW_ID, workflow_id)
         name = span.name
@@ -90,7 +92,7 @@ class WorkflowSpanProcessor(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         try:
-            attributes = span.attributes or {}
+            attributes = span_attributes(span)
             if cv.is_execution(span.name, attributes):
                 execution_id = cv.execution_id_of(attributes)
                 if execution_id is not None:

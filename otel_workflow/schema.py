@@ -13,6 +13,8 @@ from typing import Final
 
 import duckdb
 
+from otel_workflow.analytics import create_analytics
+
 SCHEMA_VERSION: Final = 1
 
 VERSION_TABLE: Final = "otel_workflow_schema"
@@ -255,6 +257,7 @@ def ensure_schema(connection: duckdb.DuckDBPyConnection) -> None:
         )
         connection.execute(_TABLES)
         connection.execute(_VIEWS)
+        create_analytics(connection)
         connection.execute(f"INSERT INTO {VERSION_TABLE} VALUES (?, now())", [SCHEMA_VERSION])
         connection.execute("COMMIT")
     except BaseException:

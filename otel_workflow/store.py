@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import logging
 import os
 import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from opentelemetry.sdk.trace import ReadableSpan
 
+from otel_workflow import queries
 from otel_workflow.rows import RunningRecord, SpanBatch, SpanConverter, running_table
 from otel_workflow.schema import SchemaVersionError, ensure_schema
 from otel_workflow.writer import BackgroundWriter, RetryLater
@@ -56,6 +58,84 @@ def _reset_instance_lock() -> None:
 
 os.register_at_fork(after_in_child=_reset_instance_lock)
 
+# How long fork() waits for this process's open connections to close (see `_ConnectionGate`).
+_FORK_WAIT_S = 10.0
+
+
+class _ConnectionGate:
+    """Keeps `fork()` from copying an open DuckDB database into a child process.
+
+    DuckDB caches one database instance per file and process. A child forked while the
+    parent has the file open inherits that instance, and the child's own `connect()`
+    returns it: its writes then go through a file handle whose lock belongs to the
+    parent, and are silently lost (or worse). So `fork()` waits until no connection of
+    ours is open and holds new ones back until it is done; connections last one write
+    cycle or one query, so the wait is short. Should one stay open past `_FORK_WAIT_S`,
+    the child refuses to use that file rather than write through the inherited instance.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition(threading.Lock())
+        self._open: dict[str, int] = {}
+        self._forking = False
+        self._open_at_fork: frozenset[str] = frozenset()
+        self.inherited: frozenset[str] = frozenset()
+
+    def enter(self, path: str) -> None:
+        if path in self.inherited:
+            raise StoreError(
+                f"{path} was open in the parent process when this process was forked from it, so DuckDB "
+                "would hand this process the parent's database instance and its writes would be lost; "
+                "this process does not use the file. Fork before opening it, or let the parent finish "
+                "its queries first."
+            )
+        with self._condition:
+            while self._forking:
+                self._condition.wait()
+            self._open[path] = self._open.get(path, 0) + 1
+
+    def leave(self, path: str) -> None:
+        with self._condition:
+            count = self._open.get(path, 0) - 1
+            if count > 0:
+                self._open[path] = count
+            else:
+                self._open.pop(path, None)
+            self._condition.notify_all()
+
+    def before_fork(self) -> None:
+        deadline = time.monotonic() + _FORK_WAIT_S
+        with self._condition:
+            self._forking = True
+            while self._open:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._condition.wait(remaining)
+            self._open_at_fork = frozenset(self._open)
+
+    def after_fork_in_parent(self) -> None:
+        with self._condition:
+            self._forking = False
+            self._condition.notify_all()
+
+    def after_fork_in_child(self) -> None:
+        self._condition = threading.Condition(threading.Lock())
+        self.inherited = self.inherited | self._open_at_fork
+        self._open, self._forking, self._open_at_fork = {}, False, frozenset()
+
+
+_gate = _ConnectionGate()
+os.register_at_fork(
+    before=_gate.before_fork,
+    after_in_parent=_gate.after_fork_in_parent,
+    after_in_child=_gate.after_fork_in_child,
+)
+
+# In-memory databases a forked child inherited. They are never closed or freed in the child: DuckDB's
+# teardown would wait for the parent's worker threads, which the child does not have.
+_inherited_memory: list[duckdb.DuckDBPyConnection] = []
+
 
 class StoreError(RuntimeError):
     """The database cannot be opened or used; the message says why and what to do."""
@@ -64,6 +144,30 @@ class StoreError(RuntimeError):
 def _is_lock_conflict(exc: BaseException) -> bool:
     text = str(exc)
     return "Could not set lock" in text or "Conflicting lock" in text or "different configuration" in text
+
+
+def _open_error(path: str, exc: BaseException, lock_timeout_s: float) -> StoreError:
+    """A StoreError that says what went wrong with the file and what to do about it."""
+    text = str(exc)
+    if _is_lock_conflict(exc):
+        return StoreError(
+            f"cannot open the database {path}: another process holds it open for writing and did not "
+            f"let go within {lock_timeout_s:g}s ({text}). otel-workflow processes take turns on a file; "
+            "a process that keeps it open (a DuckDB shell, a notebook connection) must close it."
+        )
+    if "not a valid DuckDB database" in text or "Corrupt database" in text or "Could not read enough" in text:
+        return StoreError(
+            f"{path} is not a usable DuckDB database: it is damaged, truncated or another kind of file "
+            f"({text}). Move it aside (a new database is then created in its place) or use another path."
+        )
+    if "Permission denied" in text or "Read-only file system" in text:
+        return StoreError(
+            f"cannot write the database {path}: the file or its folder is not writable ({text}). "
+            "Choose a folder this process can write to, or open the file with read_only=True to query it."
+        )
+    if "No space left" in text or "Disk quota" in text:
+        return StoreError(f"cannot write the database {path}: the disk is full ({text}).")
+    return StoreError(f"cannot open the database {path}: {text}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +217,12 @@ class TraceStore:
     `TraceStore("traces.duckdb")` opens or creates the file; `read_only=True` opens
     an existing file for queries only. Ingestion is asynchronous: `submit_spans`
     and `submit_running` enqueue and return at once; `flush()` waits for the writer.
+
+    `max_queued_spans` bounds the memory the write queue may use (see `writer` for
+    which spans go first when it is full); `lock_timeout_s` is how long opening
+    waits for another process's lock; `shutdown_timeout_s` bounds all shutdown
+    steps together (`close`, the exporter's `shutdown`, the exit hook);
+    `drop_log_interval_s` is how often, at most, drops are logged.
     """
 
     def __init__(
@@ -123,12 +233,15 @@ class TraceStore:
         max_queued_spans: int = 200_000,
         flush_interval_s: float = 0.5,
         lock_timeout_s: float = 10.0,
+        shutdown_timeout_s: float = 10.0,
+        drop_log_interval_s: float = 60.0,
     ) -> None:
         self.path = MEMORY if str(path) == MEMORY else str(Path(path).expanduser().absolute())
         self.read_only = read_only
         self._lock_timeout_s = lock_timeout_s
         self._memory: duckdb.DuckDBPyConnection | None = None
         self._memory_lock = threading.Lock()
+        self._pid = os.getpid()
         self._closed = False
         self._writer_id = str(uuid.uuid4())
         self._converter = SpanConverter()
@@ -137,6 +250,7 @@ class TraceStore:
                 raise StoreError("an in-memory database cannot be opened read-only: it would always be empty")
             self._memory = duckdb.connect(MEMORY)
             ensure_schema(self._memory)
+            os.register_at_fork(after_in_child=functools.partial(_reset_memory_lock, weakref.ref(self)))
         elif read_only:
             if not Path(self.path).exists():
                 raise StoreError(
@@ -145,7 +259,12 @@ class TraceStore:
         else:
             self._prepare_file()
         self._writer = BackgroundWriter(
-            _StoreSink(self), max_queued=max_queued_spans, flush_interval_s=flush_interval_s
+            _StoreSink(self),
+            max_queued=max_queued_spans,
+            flush_interval_s=flush_interval_s,
+            label=self.path,
+            drop_log_interval_s=drop_log_interval_s,
+            shutdown_timeout_s=shutdown_timeout_s,
         )
         if not read_only:
             # Flush at exit without closing: the TracerProvider's exit hook may still export after this.
@@ -161,7 +280,7 @@ class TraceStore:
         except SchemaVersionError as exc:
             raise StoreError(f"{self.path}: {exc}") from exc
         except duckdb.Error as exc:
-            raise StoreError(f"cannot open the database {self.path}: {exc}") from exc
+            raise _open_error(self.path, exc, self._lock_timeout_s) from exc
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -172,18 +291,36 @@ class TraceStore:
         """A connection held only for the `with` block; waits out another process's lock briefly."""
         if self._memory is not None:
             with self._memory_lock:
-                cursor = self._memory.cursor()
+                cursor = self._memory_connection().cursor()
             try:
                 yield cursor
             finally:
                 cursor.close()
             return
-        connection = self._open_file(read_only, self._lock_timeout_s if timeout_s is None else timeout_s)
+        _gate.enter(self.path)
+        try:
+            connection = self._open_file(read_only, self._lock_timeout_s if timeout_s is None else timeout_s)
+        except BaseException:
+            _gate.leave(self.path)
+            raise
         try:
             yield connection
         finally:
-            with _instance_lock:
-                connection.close()
+            try:
+                with _instance_lock:
+                    connection.close()
+            finally:
+                _gate.leave(self.path)
+
+    def _memory_connection(self) -> duckdb.DuckDBPyConnection:
+        """The in-memory database; a forked child starts an empty one of its own (with the lock held)."""
+        assert self._memory is not None
+        if self._pid != os.getpid():
+            _inherited_memory.append(self._memory)
+            self._memory = duckdb.connect(MEMORY)
+            ensure_schema(self._memory)
+            self._pid = os.getpid()
+        return self._memory
 
     def _open_file(self, read_only: bool, timeout_s: float) -> duckdb.DuckDBPyConnection:
         deadline = time.monotonic() + timeout_s
@@ -201,7 +338,7 @@ class TraceStore:
                         return duckdb.connect(self.path)
                 if time.monotonic() + delay > deadline:
                     raise
-                time.sleep(delay)
+                time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
                 delay = min(delay * 2, 0.2)
 
     # -- write side ------------------------------------------------------------------------------
@@ -220,8 +357,15 @@ class TraceStore:
 
     @property
     def dropped_spans(self) -> int:
-        """Span records dropped since this store was opened (queue full, write failed, after shutdown)."""
+        """Finished spans dropped since this store was opened: queue full, write failed (disk full,
+        damaged file), malformed, or not written by the shutdown timeout. Also the metric
+        `otel_workflow.spans.dropped`, by reason, and a log warning at most once per interval."""
         return self._writer.drops.total
+
+    @property
+    def dropped_by_reason(self) -> dict[str, int]:
+        """`dropped_spans` by reason: `queue_full`, `write_failed`, `shutdown`, `rejected`."""
+        return dict(self._writer.drops.by_reason)
 
     @property
     def queued(self) -> int:
@@ -232,54 +376,136 @@ class TraceStore:
         """Wait until everything queued so far is written. False if the timeout passed first."""
         return self._writer.flush(timeout_s)
 
-    def close_writer(self, timeout_s: float | None = 30.0) -> bool:
-        """Write what is queued, mark spans that never ended as interrupted, stop the writer thread."""
+    def close_writer(self, timeout_s: float | None = None) -> bool:
+        """Write what is queued, mark spans that never ended as interrupted, stop the writer thread.
+
+        Bounded: together with the other shutdown steps it waits at most `shutdown_timeout_s`
+        (or `timeout_s` if shorter). What is not written by then is counted in `dropped_spans`;
+        the return value is then False. Idempotent.
+        """
         if self.read_only:
             return True
-        return self._writer.close(timeout_s)
+        return self._writer.close(self._writer.shutdown_wait(timeout_s))
 
-    def close(self, timeout_s: float | None = 30.0) -> None:
-        """Flush and release the database. Idempotent."""
+    def close(self, timeout_s: float | None = None) -> None:
+        """Flush and release the database (bounded as `close_writer`). Idempotent."""
         if self._closed:
             return
         self.close_writer(timeout_s)
         self._closed = True
         if self._memory is not None:
             with self._memory_lock:
-                self._memory.close()
+                if self._pid == os.getpid():
+                    self._memory.close()
+                else:
+                    _inherited_memory.append(self._memory)
 
     def _write_batch(
-        self, spans: Sequence[ReadableSpan], running: Sequence[RunningRecord], final: bool
-    ) -> None:
-        batch = self._converter.finished(spans) if spans else None
+        self,
+        spans: Sequence[ReadableSpan],
+        running: Sequence[RunningRecord],
+        final: bool,
+        forget: Sequence[str] = (),
+        commit: Callable[[Callable[[], object]], None] | None = None,
+    ) -> int:
+        """One transaction: live rows, finished spans, interrupted marks, dropped executions' live rows.
+
+        Returns how many spans were rejected as malformed (they are left out; the rest is written).
+        """
+        batch, rejected = self._convert(spans)
         ended = set(batch.spans.column("span_id").to_pylist()) if batch is not None else set()
-        live = [r for r in running if r.span_id not in ended]
-        if batch is None and not live and not final:
-            return
+        live = self._running_rows([r for r in running if r.span_id not in ended])
+        if batch is None and live is None and not final and not forget:
+            return rejected
+        # The file was deleted while we ran: DuckDB makes a new, empty one, which needs the schema.
+        recreate = self._memory is None and not os.path.exists(self.path)
         try:
             with self._connect(read_only=False, timeout_s=0.25) as connection:
+                if recreate:
+                    ensure_schema(connection)
                 connection.execute("BEGIN TRANSACTION")
                 try:
-                    if live:
-                        connection.register("_running_batch", running_table(live, self._writer_id))
+                    if live is not None:
+                        connection.register("_running_batch", live)
                         connection.execute("INSERT INTO running_spans SELECT *, NULL FROM _running_batch")
                         connection.unregister("_running_batch")
                     if batch is not None:
                         _insert_finished(connection, batch)
+                    if forget:
+                        # Executions the writer dropped: their live rows must not show them running forever.
+                        connection.execute(
+                            "DELETE FROM running_spans WHERE writer_id = ? AND execution_id IN "
+                            "(SELECT unnest(?::VARCHAR[]))",
+                            [self._writer_id, sorted(set(forget))],
+                        )
                     if final:
                         connection.execute(
                             "UPDATE running_spans SET interrupted_at = now() "
                             "WHERE writer_id = ? AND interrupted_at IS NULL",
                             [self._writer_id],
                         )
-                    connection.execute("COMMIT")
+                    if commit is None:
+                        connection.execute("COMMIT")
+                    else:
+                        commit(lambda: connection.execute("COMMIT"))
                 except BaseException:
-                    connection.execute("ROLLBACK")
+                    with contextlib.suppress(duckdb.Error):
+                        connection.execute("ROLLBACK")
                     raise
         except duckdb.Error as exc:
             if _is_lock_conflict(exc):
                 raise RetryLater("the database file is held by another process") from exc
             raise
+        return rejected
+
+    def _convert(self, spans: Sequence[ReadableSpan]) -> tuple[SpanBatch | None, int]:
+        """Arrow tables of the spans, leaving out (and counting) the ones that cannot be converted."""
+        if not spans:
+            return None, 0
+        parts: list[SpanBatch] = []
+        self._convert_parts(spans, parts)
+        if not parts:
+            return None, len(spans)
+        if len(parts) == 1:
+            batch = parts[0]
+        else:
+            batch = SpanBatch(
+                spans=pa.concat_tables([part.spans for part in parts]),
+                events=pa.concat_tables([part.events for part in parts]),
+                links=pa.concat_tables([part.links for part in parts]),
+            )
+        # The converter also leaves out spans without a context: they count as rejected too.
+        rejected = len(spans) - batch.spans.num_rows
+        return (batch if batch.spans.num_rows else None), rejected
+
+    def _convert_parts(self, spans: Sequence[ReadableSpan], parts: list[SpanBatch]) -> None:
+        # One malformed span must not cost the others their place: halve until it is alone.
+        try:
+            parts.append(self._converter.finished(spans))
+        except Exception:
+            if len(spans) == 1:
+                logger.debug("otel-workflow rejected a span it could not convert", exc_info=True)
+                return
+            middle = len(spans) // 2
+            self._convert_parts(spans[:middle], parts)
+            self._convert_parts(spans[middle:], parts)
+
+    def _running_rows(self, records: Sequence[RunningRecord]) -> pa.Table | None:
+        if not records:
+            return None
+        try:
+            return running_table(records, self._writer_id)
+        except Exception:
+            kept = []
+            for record in records:
+                try:
+                    running_table([record], self._writer_id)
+                except Exception:
+                    logger.debug("otel-workflow left out a live row it could not convert", exc_info=True)
+                else:
+                    kept.append(record)
+            self._writer.drops.add_live_rows(len(records) - len(kept))
+            return running_table(kept, self._writer_id) if kept else None
 
     # -- read side -------------------------------------------------------------------------------
 
@@ -294,32 +520,141 @@ class TraceStore:
             table: pa.Table = connection.sql(query, params=params).to_arrow_table()
             return table
 
+    def read_sql(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None) -> pa.Table:
+        """Run one statement that only reads (SELECT, WITH, FROM, SHOW, DESCRIBE, EXPLAIN) into Arrow.
+
+        Anything else (INSERT, DELETE, DROP, COPY, ATTACH, INSTALL, SET, ...) is
+        refused with `queries.ReadOnlyViolation` before it reaches the database,
+        whatever mode this store was opened in: what `otel-workflow sql` runs.
+        """
+        statement = queries.check_read_only(query)
+        with self._connect(read_only=self.read_only) as connection:
+            table: pa.Table = connection.sql(statement, params=params).to_arrow_table()
+            return table
+
+    def df(self, query: str, params: Sequence[Any] | None = None) -> Any:
+        """`arrow()` as a pandas DataFrame; needs pandas (`pip install pandas`), imported only here."""
+        queries.require_module("pandas", "TraceStore.df()")
+        return self.arrow(query, params).to_pandas()
+
+    def pl(self, query: str, params: Sequence[Any] | None = None) -> Any:
+        """`arrow()` as a polars DataFrame; needs polars (`pip install polars`), imported only here."""
+        polars = queries.require_module("polars", "TraceStore.pl()")
+        return polars.from_arrow(self.arrow(query, params))
+
     def executions(
-        self, *, status: str | None = None, workflow_id: str | None = None, limit: int = 50
+        self,
+        *,
+        status: str | Sequence[str] | None = None,
+        workflow_id: str | Sequence[str] | None = None,
+        since: queries.TimeArg = None,
+        until: queries.TimeArg = None,
+        triggered_by: str | None = None,
+        error_contains: str | None = None,
+        limit: int | None = 50,
+        offset: int = 0,
     ) -> list[ExecutionRow]:
-        """Executions, newest first."""
-        where, params = [], []
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
-        if workflow_id is not None:
-            where.append("workflow_id = ?")
-            params.append(workflow_id)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = self.sql(
-            f"SELECT {_EXECUTION_COLUMNS} FROM workflow_executions {clause} ORDER BY started_at DESC LIMIT ?",
-            [*params, limit],
-        )
-        return [ExecutionRow(*row) for row in rows]
+        """Executions matching every given filter, newest first.
+
+        `status` and `workflow_id` take one value or several; `since` / `until`
+        bound the start time (a datetime, a timedelta or text like `"1h"`, `"7d"`
+        or an ISO timestamp); `error_contains` matches the error message without
+        regard to case; `limit=None` returns all.
+        """
+        with self._connect(read_only=self.read_only) as connection:
+            return queries.list_executions(
+                connection,
+                status=status,
+                workflow_id=workflow_id,
+                since=since,
+                until=until,
+                triggered_by=triggered_by,
+                error_contains=error_contains,
+                limit=limit,
+                offset=offset,
+            )
+
+    def resolve_execution_id(self, id_or_prefix: str) -> str:
+        """The full id of the execution whose id is, or uniquely starts with, `id_or_prefix`.
+
+        Raises `queries.ExecutionNotFound` or `queries.AmbiguousExecutionId` (both `LookupError`).
+        """
+        with self._connect(read_only=self.read_only) as connection:
+            return queries.resolve_execution_id(connection, id_or_prefix)
+
+    def execution(self, id_or_prefix: str) -> queries.ExecutionDetail:
+        """One execution (by id or unique id prefix) with its steps and the waterfall of its spans."""
+        with self._connect(read_only=self.read_only) as connection:
+            return queries.get_execution(connection, id_or_prefix)
 
     def steps(self, execution_id: str) -> list[StepRow]:
-        """The steps of one execution in start order."""
-        rows = self.sql(
-            f"SELECT {_STEP_COLUMNS} FROM execution_steps WHERE execution_id = ? "
-            "ORDER BY started_at, sequence_num",
-            [execution_id],
-        )
-        return [StepRow(*row) for row in rows]
+        """The steps of one execution (exact id) in start order."""
+        with self._connect(read_only=self.read_only) as connection:
+            return queries.list_steps(connection, execution_id)
+
+    def logs(
+        self,
+        execution_id: str | None = None,
+        *,
+        level: str | Sequence[str] | None = None,
+        since: queries.TimeArg = None,
+        until: queries.TimeArg = None,
+        limit: int | None = None,
+    ) -> list[queries.LogRow]:
+        """Log rows in time order: of one execution (id or unique prefix), or of all.
+
+        `level` keeps only rows of that level or levels (`info`, `error`,
+        `warning`, `event`, ...); `since` / `until` bound the row time.
+        """
+        with self._connect(read_only=self.read_only) as connection:
+            found = None if execution_id is None else queries.resolve_execution_id(connection, execution_id)
+            return queries.list_logs(connection, found, level=level, since=since, until=until, limit=limit)
+
+    def step_stats(
+        self,
+        *,
+        workflow_id: str | None = None,
+        since: queries.TimeArg = None,
+        until: queries.TimeArg = None,
+        sort: str = "p95",
+    ) -> list[queries.StepStats]:
+        """Per workflow and step: count, failures, failure rate, p50/p95/p99/max duration.
+
+        Over the ended steps that started in the window; `sort` is one of
+        `name`, `count`, `failures`, `p50`, `p95` (default), `p99`, `max`.
+        """
+        with self._connect(read_only=self.read_only) as connection:
+            return queries.step_stats(
+                connection, workflow_id=workflow_id, since=since, until=until, sort=sort
+            )
+
+    def workflow_stats(
+        self,
+        *,
+        workflow_id: str | None = None,
+        since: queries.TimeArg = None,
+        until: queries.TimeArg = None,
+        sort: str = "p95",
+    ) -> list[queries.WorkflowStats]:
+        """Per workflow: executions ended and running, failures, duration percentiles (as `step_stats`)."""
+        with self._connect(read_only=self.read_only) as connection:
+            return queries.workflow_stats(
+                connection, workflow_id=workflow_id, since=since, until=until, sort=sort
+            )
+
+    def prune(self, older_than: queries.DurationArg, *, dry_run: bool = False) -> queries.PruneReport:
+        """Delete the traces in which nothing happened for `older_than` (`"7d"`, a timedelta).
+
+        Spans, their events and links, and live rows go together in one
+        transaction, and with them the executions, steps and logs derived from
+        them; the report counts each. `dry_run=True` counts without deleting.
+        The one read-side method that writes: the store must not be read-only.
+        """
+        if self.read_only:
+            raise StoreError("prune deletes rows: open the TraceStore without read_only=True")
+        cutoff = queries.cutoff(older_than)
+        with self._connect(read_only=False) as connection:
+            return queries.prune(connection, cutoff, dry_run=dry_run)
 
     def __enter__(self) -> TraceStore:
         return self
@@ -396,13 +731,30 @@ class _StoreSink:
     def __init__(self, store: TraceStore) -> None:
         self._store = weakref.ref(store)
 
-    def write(self, spans: Sequence[ReadableSpan], running: Sequence[RunningRecord], *, final: bool) -> None:
+    def write(
+        self,
+        spans: Sequence[ReadableSpan],
+        running: Sequence[RunningRecord],
+        *,
+        final: bool,
+        forget: Sequence[str],
+        commit: Callable[[Callable[[], object]], None],
+    ) -> int:
         store = self._store()
-        if store is not None:
-            store._write_batch(spans, running, final)
+        if store is None:
+            return 0
+        return store._write_batch(spans, running, final, forget, commit)
+
+
+def _reset_memory_lock(ref: weakref.ref[TraceStore]) -> None:
+    store = ref()
+    if store is not None:
+        store._memory_lock = threading.Lock()
 
 
 def _flush_at_exit(ref: weakref.ref[TraceStore]) -> None:
+    # Interpreter exit starts the shutdown budget: this flush and the close that the TracerProvider's
+    # own exit hook may run after it share `shutdown_timeout_s`, so a stuck lock cannot hang the exit.
     store = ref()
-    if store is not None and not store._closed:
-        store.flush(timeout_s=10.0)
+    if store is not None and not store._closed and not store.read_only:
+        store.flush(timeout_s=store._writer.shutdown_wait(None))

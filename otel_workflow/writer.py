@@ -1,72 +1,184 @@
 """The background writer: one thread that takes queued work and hands it to the database in batches.
 
 Producers (the processor's `on_start`, the exporter's `export`) only append to
-a bounded in-memory queue and return. What does not fit is dropped and counted;
-the count is logged once per interval, never once per span. A write that finds
-the database file locked by another process is retried with back-off, keeping
-its items (still within the bound). After `fork()`, the child starts with an
-empty queue and a thread of its own; it never touches the parent's state.
+a bounded in-memory queue and return; they never wait for I/O. What does not
+fit is dropped and counted; the count is logged once per interval, never once
+per span, and is also an OpenTelemetry metric (`otel_workflow.spans.dropped`).
+
+Overload policy, so that executions are dropped whole rather than stored
+without some of their steps:
+
+- Below the soft limit (`max_queued` less a fifth of it, the headroom) everything is accepted.
+- Above it, a finished span is accepted only if its execution already has
+  spans accepted (it then may use the headroom, up to `max_queued`). The
+  first finished span of an execution that arrives above the soft limit is
+  dropped, and so are all later spans of that execution, even once the queue
+  has room again: the execution is dropped whole. Spans outside any execution
+  do not use the headroom.
+- Only if the headroom runs out too is an execution left incomplete; its
+  later spans (its execution span included) are then dropped as well, so no
+  execution row is stored that lacks steps which were exported with it.
+- Live `running` rows are the first thing given up (above the soft limit):
+  they only show progress, and the finished span replaces them. The live rows
+  of executions that were dropped are deleted in the next write, so nothing
+  shows them as running forever.
+
+A write that finds the database file locked by another process is retried
+with back-off, keeping its items (still within the bound). Any other failed
+write (disk full, damaged file) drops its batch, counted, and the writer keeps
+going, so writing resumes once the fault is gone. `close()` is bounded by its
+timeout: what is not written by then is counted as dropped.
+
+After `fork()`, the child starts with an empty queue and a thread of its own;
+it never touches the parent's state.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Final, Protocol
 
+from opentelemetry import metrics
 from opentelemetry.sdk.trace import ReadableSpan
 
+from otel_workflow import conventions as cv
 from otel_workflow.rows import RunningRecord
 
 logger = logging.getLogger("otel_workflow")
+
+# Why spans were dropped: the `otel_workflow.reason` attribute of the metric, and the log's wording.
+QUEUE_FULL: Final = "queue_full"
+WRITE_FAILED: Final = "write_failed"
+SHUTDOWN: Final = "shutdown"
+REJECTED: Final = "rejected"
+REASONS: Final = (QUEUE_FULL, WRITE_FAILED, SHUTDOWN, REJECTED)
+_REASON_TEXT: Final = {
+    QUEUE_FULL: "because the write queue was full",
+    WRITE_FAILED: "because the database write failed",
+    SHUTDOWN: "at shutdown",
+    REJECTED: "because they were malformed",
+}
+
+DROPPED_METRIC: Final = "otel_workflow.spans.dropped"
+
+# How many executions the admission policy remembers (those with spans accepted, and those dropped).
+_TRACKED_EXECUTIONS: Final = 100_000
+
+# How long close() waits past its timeout for the writer thread to give up by itself and leave DuckDB.
+_CLOSE_GRACE_S: Final = 0.5
 
 
 class RetryLater(Exception):
     """The write could not happen now (file locked by another process) and may succeed later."""
 
 
+class Abandoned(Exception):
+    """`close()` gave up on this batch (its timeout passed): it must not be committed any more."""
+
+
 class BatchSink(Protocol):
-    def write(self, spans: Sequence[ReadableSpan], running: Sequence[RunningRecord], *, final: bool) -> None:
-        """Store one batch in one transaction. Raise RetryLater to keep the batch for another try."""
+    def write(
+        self,
+        spans: Sequence[ReadableSpan],
+        running: Sequence[RunningRecord],
+        *,
+        final: bool,
+        forget: Sequence[str],
+        commit: Callable[[Callable[[], object]], None],
+    ) -> int:
+        """Store one batch in one transaction; return how many spans were rejected as malformed.
+
+        `forget` names executions that were dropped: their live rows are to be deleted. The
+        transaction's COMMIT must go through `commit(action)`, which raises `Abandoned` instead
+        once `close()` has given up on the batch (and counted it as dropped).
+        Raise RetryLater to keep the batch for another try.
+        """
 
 
 class DropReporter:
-    """Counts dropped items and logs them at most once per interval."""
+    """Counts dropped spans by reason and logs them at most once per interval."""
 
     def __init__(self, interval_s: float = 60.0) -> None:
         self._interval_s = interval_s
+        self.reset()
+
+    def reset(self) -> None:
+        """A fresh count (a new lock too: also what a forked child starts with)."""
         self._lock = threading.Lock()
         self.total = 0
+        self.by_reason: dict[str, int] = dict.fromkeys(REASONS, 0)
+        self.live_rows = 0
         self._unreported = 0
-        self._reasons: dict[str, int] = {}
+        self._pending: dict[str, list[Any]] = {}
+        self._whole = 0
+        self._incomplete = 0
+        self._live_unreported = 0
         self._last_report = -float("inf")
 
-    def add(self, count: int, reason: str) -> None:
+    def add(
+        self,
+        count: int,
+        reason: str,
+        detail: str | None = None,
+        *,
+        whole: int = 0,
+        incomplete: int = 0,
+    ) -> None:
+        """`count` finished spans dropped; `whole`, `incomplete`: executions dropped whole / incomplete."""
+        if count <= 0:
+            return
         with self._lock:
             self.total += count
+            self.by_reason[reason] = self.by_reason.get(reason, 0) + count
             self._unreported += count
-            self._reasons[reason] = self._reasons.get(reason, 0) + count
+            self._whole += whole
+            self._incomplete += incomplete
+            entry = self._pending.setdefault(reason, [0, detail])
+            entry[0] += count
+            if entry[1] is None:
+                entry[1] = detail
         self.report_due()
+
+    def add_live_rows(self, count: int) -> None:
+        """Live `running` rows not written (they only show progress; nothing is lost with them)."""
+        with self._lock:
+            self.live_rows += count
+            self._live_unreported += count
 
     def report_due(self, force: bool = False) -> None:
         now = time.monotonic()
         with self._lock:
-            if not self._unreported or (not force and now - self._last_report < self._interval_s):
+            if not self._unreported:
                 return
-            count, reasons = self._unreported, self._reasons
-            self._unreported, self._reasons, self._last_report = 0, {}, now
-        detail = ", ".join(f"{n} {why}" for why, n in reasons.items())
+            if not force and now - self._last_report < self._interval_s:
+                return
+            count, pending, total = self._unreported, self._pending, self.total
+            whole, incomplete, live = self._whole, self._incomplete, self._live_unreported
+            self._unreported, self._pending, self._last_report = 0, {}, now
+            self._whole = self._incomplete = self._live_unreported = 0
+        parts = []
+        for reason, (n, detail) in pending.items():
+            text = f"{n} {_REASON_TEXT.get(reason, reason)}"
+            if reason == QUEUE_FULL and (whole or incomplete):
+                text += f" ({whole} execution(s) dropped whole, {incomplete} left incomplete)"
+            if detail:
+                text += f" ({detail})"
+            parts.append(text)
+        if live:
+            parts.append(f"and {live} live 'running' row(s) not written")
         logger.warning(
-            "otel-workflow dropped %d span record(s) (%s); %d dropped since start. "
+            "otel-workflow dropped %d span(s): %s; %d dropped since start. "
             "Further drops are reported at most every %.0fs.",
             count,
-            detail,
-            self.total,
+            "; ".join(parts),
+            total,
             self._interval_s,
         )
 
@@ -80,6 +192,35 @@ class _Queue:
         return len(self.spans) + len(self.running)
 
 
+def _owner(span: ReadableSpan) -> tuple[str | None, bool]:
+    """The execution a finished span belongs to, and whether it is that execution's own span."""
+    try:
+        attributes: Any = getattr(span, "_attributes", None)
+        attributes = getattr(attributes, "_dict", attributes)
+        if attributes is None or not hasattr(attributes, "get"):
+            attributes = span.attributes
+        if not attributes:
+            return None, False
+        for key in cv.EXECUTION_ID_KEYS:
+            value = attributes.get(key)
+            if value is not None and value != "":
+                name = span.name
+                ends = (name == cv.EXECUTION_SPAN_NAME or cv.CICD_RUN_ID in attributes) and not cv.is_step(
+                    name, attributes
+                )
+                return str(value), ends
+    except Exception:  # a malformed span belongs to no execution; the store rejects it later
+        return None, False
+    return None, False
+
+
+def _remember(keys: dict[str, None], key: str) -> None:
+    if key not in keys:
+        keys[key] = None
+        if len(keys) > _TRACKED_EXECUTIONS:
+            del keys[next(iter(keys))]
+
+
 class BackgroundWriter:
     """Owns the thread that writes; everything else only enqueues."""
 
@@ -91,14 +232,22 @@ class BackgroundWriter:
         batch_size: int = 20_000,
         flush_interval_s: float = 0.5,
         name: str = "otel-workflow-writer",
+        label: str = "",
+        drop_log_interval_s: float = 60.0,
+        shutdown_timeout_s: float = 10.0,
     ) -> None:
         self._sink = sink
-        self._max_queued = max_queued
+        self._max_queued = max(1, max_queued)
+        self._soft_limit = self._max_queued - max(1, self._max_queued // 5)
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
         self._name = name
-        self.drops = DropReporter()
+        self.label = label
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self.drops = DropReporter(drop_log_interval_s)
         self._init_state()
+        _WRITERS.add(self)
+        register_drop_metric()
         # Same approach as the SDK's BatchProcessor: reset in the child, never inherit the parent's thread.
         self_ref = weakref.ref(self)
 
@@ -106,55 +255,131 @@ class BackgroundWriter:
             writer = self_ref()
             if writer is not None:
                 writer._init_state()
+                writer.drops.reset()
 
         os.register_at_fork(after_in_child=after_fork)
 
     def _init_state(self) -> None:
         self._condition = threading.Condition(threading.Lock())
+        # Held around "still wanted? then COMMIT", so that close() cannot give up on a batch mid-commit.
+        self._commit_lock = threading.Lock()
         self._queue = _Queue()
-        self._in_flight = 0
+        self._in_flight: _Queue | None = None
+        self._in_flight_committed = False
         self._submitted = 0
         self._completed = 0
         self._flush_wanted = False
         self._closing = False
         self._closed = False
+        # The thread gave up at the close deadline / close() gave up on a stuck thread / exit parked it.
+        self._gave_up = False
+        self._abandoned = False
+        self._parked = False
+        self._running = False
         self._thread: threading.Thread | None = None
         self._close_deadline: float | None = None
+        self._shutdown_deadline: float | None = None
+        # Executions with spans accepted whose execution span has not come yet, and executions dropped.
+        self._partial: dict[str, None] = {}
+        self._refused: dict[str, None] = {}
+        # Dropped executions whose live rows the next write deletes.
+        self._forget: list[str] = []
 
     @property
     def queued(self) -> int:
         """Items accepted and not yet written or dropped."""
         with self._condition:
-            return len(self._queue) + self._in_flight
+            return self._size()
+
+    def _size(self) -> int:
+        return len(self._queue) + (0 if self._in_flight is None else len(self._in_flight))
+
+    # -- producers ---------------------------------------------------------------------------------
 
     def submit_spans(self, spans: Sequence[ReadableSpan]) -> bool:
-        return self._submit(lambda q: q.spans.extend(spans), len(spans))
-
-    def submit_running(self, record: RunningRecord) -> bool:
-        return self._submit(lambda q: q.running.append(record), 1)
-
-    def _submit(self, put: Callable[[_Queue], None], count: int) -> bool:
-        if count == 0:
+        """Queue finished spans; False if any had to be dropped (counted)."""
+        if not spans:
             return True
+        owners = [_owner(span) for span in spans]  # outside the lock: producers never wait for this
+        dropped = whole = incomplete = 0
         with self._condition:
             if self._closed or self._closing:
-                reason = "after shutdown"
-            elif len(self._queue) + self._in_flight + count > self._max_queued:
-                reason = "because the write queue was full"
+                reason, detail = SHUTDOWN, "submitted after shutdown"
+                dropped = len(spans)
             else:
-                put(self._queue)
-                self._submitted += count
-                if self._thread is None:
-                    self._start_thread()
-                if len(self._queue) >= self._batch_size:
-                    self._condition.notify_all()
-                return True
-        self.drops.add(count, reason)
-        return False
+                reason, detail = QUEUE_FULL, None
+                accepted: list[ReadableSpan] = []
+                size, soft, hard = self._size(), self._soft_limit, self._max_queued
+                partial, refused = self._partial, self._refused
+                for span, (execution_id, ends) in zip(spans, owners, strict=True):
+                    if execution_id is None:
+                        ok = size < soft
+                    elif execution_id in refused:
+                        ok = False
+                        if ends:
+                            del refused[execution_id]
+                    elif size < soft or (size < hard and execution_id in partial):
+                        ok = True
+                        if ends:
+                            partial.pop(execution_id, None)
+                        else:
+                            _remember(partial, execution_id)
+                    else:
+                        ok = False
+                        if partial.pop(execution_id, 0) is None:
+                            incomplete += 1
+                        else:
+                            whole += 1
+                        if not ends:
+                            _remember(refused, execution_id)
+                        self._forget.append(execution_id)
+                    if ok:
+                        accepted.append(span)
+                        size += 1
+                    else:
+                        dropped += 1
+                if accepted:
+                    self._queue.spans.extend(accepted)
+                    self._accepted(len(accepted))
+        if dropped:
+            self.drops.add(dropped, reason, detail, whole=whole, incomplete=incomplete)
+        return dropped == 0
 
-    def _start_thread(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-        self._thread.start()
+    def submit_running(self, record: RunningRecord) -> bool:
+        """Queue the live row of a span that started; False if it was not (counted as a live row)."""
+        execution_id = record.found.execution_id
+        with self._condition:
+            ok = (
+                not (self._closed or self._closing)
+                and self._size() < self._soft_limit
+                and (execution_id is None or execution_id not in self._refused)
+            )
+            if ok:
+                self._queue.running.append(record)
+                self._accepted(1)
+        if not ok:
+            self.drops.add_live_rows(1)
+        return ok
+
+    def _accepted(self, count: int) -> None:
+        """With the lock held: `count` items were appended to the queue."""
+        self._submitted += count
+        if not self._running and not self._parked:
+            self._start_thread()
+        if len(self._queue) >= self._batch_size:
+            self._condition.notify_all()
+
+    def _start_thread(self) -> threading.Thread | None:
+        """With the lock held: start the writer thread; None if no thread can start (interpreter exit)."""
+        thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # Python 3.12+ refuses new threads once the interpreter is shutting down
+            return None
+        self._thread, self._running = thread, True
+        return thread
+
+    # -- flush, close, exit ------------------------------------------------------------------------
 
     def flush(self, timeout_s: float | None = None) -> bool:
         """Wait until everything submitted before this call is written or dropped."""
@@ -163,6 +388,8 @@ class BackgroundWriter:
             target = self._submitted
             if self._completed >= target:
                 return True
+            if not self._running:
+                return False  # parked at exit: what is queued is written by close()
             self._flush_wanted = True
             self._condition.notify_all()
             while self._completed < target:
@@ -172,73 +399,267 @@ class BackgroundWriter:
                 self._condition.wait(remaining)
             return True
 
+    def shutdown_wait(self, timeout_s: float | None) -> float:
+        """How long a shutdown step may wait: all of them together take at most `shutdown_timeout_s`,
+        counted from the first one (`timeout_s`, if given and shorter, shortens it)."""
+        now = time.monotonic()
+        if self._shutdown_deadline is None:
+            self._shutdown_deadline = now + self.shutdown_timeout_s
+        remaining = max(0.0, self._shutdown_deadline - now)
+        return remaining if timeout_s is None else max(0.0, min(timeout_s, remaining))
+
     def close(self, timeout_s: float | None = 30.0) -> bool:
-        """Write what is queued, let the sink finish, stop the thread. Idempotent and bounded."""
+        """Write what is queued, let the sink finish, stop the thread. Idempotent and bounded.
+
+        Returns False if the timeout passed first; what was not written by then is counted as dropped.
+        """
         with self._condition:
             if self._closed:
                 return True
             self._closing = True
-            self._close_deadline = None if timeout_s is None else time.monotonic() + timeout_s
+            self._close_deadline = None if timeout_s is None else time.monotonic() + max(0.0, timeout_s)
             self._condition.notify_all()
-            thread = self._thread
-            if thread is None:
-                # Nothing was ever queued: let the sink finish on this thread.
-                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-                thread = self._thread
-                thread.start()
-        thread.join(timeout_s)
-        with self._condition:
-            self._closed = True
+            # Nothing queued yet, or parked at exit: the final write (live rows marked interrupted) still
+            # needs a thread.
+            thread = self._thread if self._running else self._start_thread()
+        if thread is None:
+            self._run()  # no thread can start: write on the caller's thread
+        else:
+            # The thread gives up by itself at the deadline; the grace lets it leave DuckDB first.
+            thread.join(None if timeout_s is None else max(0.0, timeout_s) + _CLOSE_GRACE_S)
+        stuck = thread is not None and thread.is_alive()
+        lost_spans = lost_running = 0
+        # A commit in progress gets a moment to finish; should it hang (a stuck disk), the batch counts
+        # as dropped even though the commit might still land.
+        committing = self._commit_lock.acquire(timeout=1.0) if stuck else False
+        try:
+            with self._condition:
+                self._closed = True
+                finished = not stuck and not self._gave_up
+                if stuck:
+                    # The writer is stuck (a hung disk): give up on its work.
+                    self._abandoned = True
+                    in_flight = None if self._in_flight_committed else self._in_flight
+                    for part in (self._queue, in_flight):
+                        if part is not None:
+                            lost_spans += len(part.spans)
+                            lost_running += len(part.running)
+                    self._queue, self._in_flight = _Queue(), None
+                    self._completed = self._submitted
+                    self._condition.notify_all()
+        finally:
+            if committing:
+                self._commit_lock.release()
+        self.drops.add(lost_spans, SHUTDOWN, "not written before the shutdown timeout")
+        if lost_running:
+            self.drops.add_live_rows(lost_running)
         self.drops.report_due(force=True)
-        return not thread.is_alive()
+        return finished
 
-    def _take(self) -> tuple[_Queue, bool]:
-        """Block until there is a batch to write (or the writer should stop)."""
+    def park(self, timeout_s: float) -> bool:
+        """At interpreter exit: stop the thread once its current write is done, keeping the queue.
+
+        A daemon thread still inside DuckDB when Python finalises is killed there and takes the
+        process down with it (`terminate called ...`). After this, only `close()` writes, and it
+        does so on a fresh thread or the caller's. False if the thread did not stop in time.
+        """
+        deadline = time.monotonic() + timeout_s
         with self._condition:
-            while not self._queue and not self._closing and not self._flush_wanted:
+            self._parked = True
+            self._condition.notify_all()
+            while self._running and not self._closing:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._condition.wait(remaining)
+            return True
+
+    # -- the writer thread -------------------------------------------------------------------------
+
+    def _take(self) -> tuple[_Queue, list[str], bool] | None:
+        """Block until there is a batch to write; None when the thread should stop."""
+        with self._condition:
+            while True:
+                if self._abandoned or (self._parked and not self._closing) or self._closed:
+                    self._running = False
+                    self._condition.notify_all()
+                    return None
+                if self._queue or self._closing or self._flush_wanted or self._forget:
+                    break
                 self._condition.wait()
             deadline = time.monotonic() + self._flush_interval_s
-            while not (self._closing or self._flush_wanted or len(self._queue) >= self._batch_size):
+            while not (
+                self._closing or self._flush_wanted or self._parked or len(self._queue) >= self._batch_size
+            ):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._condition.wait(remaining)
+            if self._parked and not self._closing:
+                self._running = False
+                self._condition.notify_all()
+                return None
             batch, self._queue = self._queue, _Queue()
-            self._in_flight += len(batch)
+            forget, self._forget = list(dict.fromkeys(self._forget[-_TRACKED_EXECUTIONS:])), []
+            self._in_flight, self._in_flight_committed = batch, False
             self._flush_wanted = False
-            return batch, self._closing
+            return batch, forget, self._closing
 
-    def _done(self, count: int) -> None:
-        with self._condition:
-            self._in_flight -= count
-            self._completed += count
-            self._condition.notify_all()
+    def _done(self, batch: _Queue) -> None:
+        """With the lock held: the batch is written or dropped."""
+        self._in_flight = None
+        self._completed += len(batch)
+        self._condition.notify_all()
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            with self._condition:
+                if self._thread is threading.current_thread():
+                    self._running = False
+                self._condition.notify_all()
+
+    def _loop(self) -> None:
         backoff = 0.02
         while True:
-            batch, closing = self._take()
+            taken = self._take()
+            if taken is None:
+                return
+            batch, forget, closing = taken
+            deadline = self._close_deadline
+            if closing and deadline is not None and time.monotonic() >= deadline:
+                self._give_up(batch, "not written before the shutdown timeout")
+                return
             try:
-                self._sink.write(batch.spans, batch.running, final=closing)
+                rejected = self._sink.write(
+                    batch.spans, batch.running, final=closing, forget=forget, commit=self._commit
+                )
             except RetryLater as exc:
-                if closing and self._close_deadline is not None and time.monotonic() > self._close_deadline:
-                    self.drops.add(len(batch), f"at shutdown ({exc})")
-                    self._done(len(batch))
+                if not self._retry_later(batch, forget, closing, backoff):
+                    self._give_up(batch, f"not written before the shutdown timeout: {exc}")
                     return
-                with self._condition:
-                    # Put the batch back in front: it stays counted against the bound and keeps its order.
-                    self._in_flight -= len(batch)
-                    self._queue = _Queue(batch.spans + self._queue.spans, batch.running + self._queue.running)
-                time.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
                 continue
             except Exception as exc:  # a failure of ours must not kill the writer or reach the application
                 logger.debug("otel-workflow write failed", exc_info=True)
-                self.drops.add(len(batch), f"because the database write failed: {exc}")
+                with self._condition:
+                    if self._abandoned:
+                        return
+                    self._failed(batch.spans, forget)
+                    self._done(batch)
+                self.drops.add(len(batch.spans), WRITE_FAILED, _one_line(exc))
+                self.drops.add_live_rows(len(batch.running))
+            else:
+                with self._condition:
+                    if self._abandoned:
+                        return
+                    self._done(batch)
+                self.drops.add(rejected, REJECTED)
             backoff = 0.02
-            self._done(len(batch))
             self.drops.report_due()
             if closing:
                 with self._condition:
                     if not self._queue:
                         return
+
+    def _give_up(self, batch: _Queue, why: str) -> None:
+        """At the close deadline: count what is left as dropped and stop."""
+        with self._condition:
+            if self._abandoned:
+                return
+            rest, self._queue = self._queue, _Queue()
+            self._done(batch)
+            self._completed += len(rest)
+            self._gave_up = True
+        self.drops.add(len(batch.spans) + len(rest.spans), SHUTDOWN, why)
+        self.drops.add_live_rows(len(batch.running) + len(rest.running))
+
+    def _commit(self, action: Callable[[], object]) -> None:
+        with self._commit_lock:
+            if self._abandoned:
+                raise Abandoned("close() gave up on this batch")
+            action()
+            self._in_flight_committed = True
+
+    def _retry_later(self, batch: _Queue, forget: list[str], closing: bool, backoff: float) -> bool:
+        """The file was locked: keep the batch and wait a little; False at the close deadline."""
+        with self._condition:
+            if self._abandoned:
+                return True  # the next _take stops the thread; close() counted everything
+            deadline = self._close_deadline
+            if closing and deadline is not None and time.monotonic() >= deadline:
+                return False
+            # Put the batch back in front: it stays counted against the bound and keeps its order.
+            self._in_flight = None
+            self._queue = _Queue(batch.spans + self._queue.spans, batch.running + self._queue.running)
+            self._forget = forget + self._forget
+            if closing or not self._closing:  # close() since the batch was taken: retry at once, as final
+                wait = backoff if deadline is None else min(backoff, max(0.0, deadline - time.monotonic()))
+                self._condition.wait(wait)  # close() wakes it early
+            return True
+
+    def _failed(self, spans: Iterable[ReadableSpan], forget: list[str]) -> None:
+        """With the lock held: a batch was lost; the rest of its executions is dropped too (kept whole)."""
+        self._forget = forget + self._forget
+        for execution_id, ends in {_owner(span) for span in spans}:
+            if execution_id is None:
+                continue
+            self._partial.pop(execution_id, None)
+            if not ends:
+                _remember(self._refused, execution_id)
+            self._forget.append(execution_id)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+# -- the drop metric -----------------------------------------------------------------------------
+
+_WRITERS: weakref.WeakSet[BackgroundWriter] = weakref.WeakSet()
+_METRIC_LOCK = threading.Lock()
+_METRIC_PROVIDERS: list[Any] = []  # meter providers the counter is registered with (None: the global one)
+
+
+def _observe(_options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+    totals: dict[tuple[str, str], int] = {}
+    for writer in list(_WRITERS):
+        for reason, count in list(writer.drops.by_reason.items()):
+            key = (writer.label, reason)
+            totals[key] = totals.get(key, 0) + count
+    for (database, reason), count in totals.items():
+        yield metrics.Observation(count, {"otel_workflow.database": database, "otel_workflow.reason": reason})
+
+
+def register_drop_metric(meter_provider: metrics.MeterProvider | None = None) -> None:
+    """Report dropped spans as the observable counter `otel_workflow.spans.dropped`.
+
+    Done automatically with the global meter provider (so it appears once
+    OpenTelemetry metrics are configured, before or after the store is made);
+    call it with a provider to report to that one. Idempotent per provider.
+    """
+    with _METRIC_LOCK:
+        if any(known is meter_provider for known in _METRIC_PROVIDERS):
+            return
+        _METRIC_PROVIDERS.append(meter_provider)
+        from otel_workflow._version import __version__  # noqa: PLC0415 - avoids an import cycle at start
+
+        meter = metrics.get_meter("otel_workflow", __version__, meter_provider=meter_provider)
+        meter.create_observable_counter(
+            DROPPED_METRIC,
+            callbacks=[_observe],
+            unit="{span}",
+            description="Finished spans otel-workflow could not store, by database and reason",
+        )
+
+
+def _park_all_at_exit() -> None:
+    # Registered when this module is imported, so it runs after the exit hooks of stores and of
+    # TracerProviders made later (atexit runs hooks last-in, first-out): they have flushed or closed.
+    for writer in list(_WRITERS):
+        writer.park(writer.shutdown_wait(None))
+
+
+atexit.register(_park_all_at_exit)

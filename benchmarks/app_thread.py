@@ -1,0 +1,191 @@
+"""What does tracing cost the application thread, per span?
+
+Run from the repository root:
+
+    . .venv/bin/activate
+    python benchmarks/app_thread.py                 # about a minute on 2 vCPUs
+    python benchmarks/app_thread.py --spans 50000 --repeat 5
+
+For each setup below, N spans are created and ended on the application
+thread(s) as fast as possible, and the wall time per span is measured there
+(what the application pays, including the time background threads take the
+GIL from it). Then the provider is shut down, outside the timing.
+
+Setups, all on a fresh TracerProvider in this process:
+- `sdk`: no span processor at all (the floor);
+- `bsp-noop`: the SDK's BatchSpanProcessor with an exporter that does nothing (baseline b);
+- `bsp-otlp`: BatchSpanProcessor(OTLPSpanExporter) to a receiver on 127.0.0.1 that runs in another
+  process and answers 200 to everything (baseline c);
+- `ours`: WorkflowSpanProcessor(store) + BatchSpanProcessor(DuckDBSpanExporter(store)) on a DuckDB
+  file (the full setup);
+- `ours-processor`: WorkflowSpanProcessor() alone (enrichment only, no store), to split the cost.
+
+Two workloads: plain spans with 2 attributes, and executions of 10 steps (WorkflowTracer), each with
+1 and 8 application threads. Every figure is the median of `--repeat` runs, setups rotated per run.
+The ratios printed are against `bsp-noop` (target: ours <= 1.10x) and against `bsp-otlp` (target:
+ours < 1.0x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from importlib.metadata import version
+from pathlib import Path
+
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+from otel_workflow import DuckDBSpanExporter, TraceStore, WorkflowSpanProcessor, WorkflowTracer
+
+SETUPS = ("sdk", "bsp-noop", "bsp-otlp", "ours", "ours-processor")
+
+_RECEIVER = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+class NoopExporter(SpanExporter):
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+def start_receiver() -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen([sys.executable, "-c", _RECEIVER], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    port = process.stdout.readline().strip()
+    return process, f"http://127.0.0.1:{port}/v1/traces"
+
+
+def make_provider(setup: str, folder: Path, otlp_endpoint: str) -> TracerProvider:
+    provider = TracerProvider(shutdown_on_exit=False)
+    if setup == "bsp-noop":
+        provider.add_span_processor(BatchSpanProcessor(NoopExporter()))
+    elif setup == "bsp-otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint)))
+    elif setup == "ours":
+        store = TraceStore(folder / f"{time.monotonic_ns()}.duckdb")
+        provider.add_span_processor(WorkflowSpanProcessor(store))
+        provider.add_span_processor(BatchSpanProcessor(DuckDBSpanExporter(store)))
+    elif setup == "ours-processor":
+        provider.add_span_processor(WorkflowSpanProcessor())
+    return provider
+
+
+def plain_spans(provider: TracerProvider, count: int) -> None:
+    tracer = provider.get_tracer("bench")
+    for i in range(count):
+        with tracer.start_as_current_span("op", attributes={"i": i, "kind": "plain"}):
+            pass
+
+
+def executions(provider: TracerProvider, count: int) -> None:
+    wf = WorkflowTracer("bench", tracer_provider=provider)
+    for _ in range(count // 11):
+        with wf.execution():
+            for _ in range(10):
+                with wf.step("step"):
+                    pass
+
+
+def run_once(
+    setup: str,
+    workload: Callable[[TracerProvider, int], None],
+    *,
+    spans: int,
+    threads: int,
+    folder: Path,
+    otlp: str,
+) -> float:
+    """Microseconds of application-thread wall time per span."""
+    provider = make_provider(setup, folder, otlp)
+    per_thread = spans // threads
+    workers = [threading.Thread(target=workload, args=(provider, per_thread)) for _ in range(threads)]
+    gc.collect()
+    start = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - start
+    provider.shutdown()
+    return elapsed / (per_thread * threads) * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--spans", type=int, default=22_000, help="spans per run (default 22,000)")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    print(
+        f"python {platform.python_version()}, opentelemetry-sdk {version('opentelemetry-sdk')}, "
+        f"duckdb {version('duckdb')}, {os.cpu_count()} CPUs; {args.spans:,} spans per run, "
+        f"median of {args.repeat}"
+    )
+    receiver, endpoint = start_receiver()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            print(
+                f"\n{'workload':<22}{'threads':>8}"
+                + "".join(f"{s:>16}" for s in SETUPS)
+                + f"{'ours/bsp-noop':>15}{'ours/bsp-otlp':>15}"
+            )
+            for name, workload in (("plain spans", plain_spans), ("executions x10 steps", executions)):
+                for threads in (1, 8):
+                    results: dict[str, list[float]] = {s: [] for s in SETUPS}
+                    for rep in range(args.repeat):
+                        order = SETUPS[rep % len(SETUPS) :] + SETUPS[: rep % len(SETUPS)]
+                        for setup in order:
+                            results[setup].append(
+                                run_once(
+                                    setup,
+                                    workload,
+                                    spans=args.spans,
+                                    threads=threads,
+                                    folder=folder,
+                                    otlp=endpoint,
+                                )
+                            )
+                    med = {s: statistics.median(v) for s, v in results.items()}
+                    print(
+                        f"{name:<22}{threads:>8}"
+                        + "".join(f"{med[s]:>13.1f} us" for s in SETUPS)
+                        + f"{med['ours'] / med['bsp-noop']:>14.2f}x{med['ours'] / med['bsp-otlp']:>14.2f}x"
+                    )
+    finally:
+        receiver.terminate()
+        receiver.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,705 @@
+"""The read side: the questions people ask of the database, as functions over one DuckDB connection.
+
+`TraceStore` methods open a connection for one call and delegate here, so a
+reader holds the file only for the length of one question. Everything returns
+plain frozen dataclasses. Times accepted as `since` / `until` are a `datetime`
+(naive means local time), a `timedelta` or a duration text (`"90s"`, `"15m"`,
+`"1h30m"`, `"7d"`, `"2w"`: that long ago) or an ISO 8601 timestamp text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import duckdb
+
+# `store` imports this module for its read methods; a module alias resolves through the circle at import
+# time, and the row classes are looked up only when a query runs.
+import otel_workflow.store as _store
+
+__all__ = [
+    "AmbiguousExecutionId",
+    "DurationArg",
+    "ExecutionDetail",
+    "ExecutionLookupError",
+    "ExecutionNotFound",
+    "LogRow",
+    "PruneReport",
+    "ReadOnlyViolation",
+    "SpanLine",
+    "StepStats",
+    "TimeArg",
+    "WorkflowStats",
+    "check_read_only",
+    "parse_duration",
+    "parse_time",
+]
+
+TimeArg = datetime | timedelta | str | None
+DurationArg = timedelta | str
+
+# -- errors ----------------------------------------------------------------------------------------
+
+
+class ExecutionLookupError(LookupError):
+    """An execution id or prefix that does not name exactly one execution."""
+
+
+class ExecutionNotFound(ExecutionLookupError):
+    """No execution has this id or an id starting with it."""
+
+
+class AmbiguousExecutionId(ExecutionLookupError):
+    """Several executions start with this prefix; `candidates` holds a few of them."""
+
+    def __init__(self, message: str, candidates: Sequence[str]) -> None:
+        super().__init__(message)
+        self.candidates = list(candidates)
+
+
+class ReadOnlyViolation(ValueError):
+    """A statement given to a read-only query would write, load code or change settings."""
+
+
+# -- times -----------------------------------------------------------------------------------------
+
+_UNITS: Final = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+_DURATION_PART: Final = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)", re.IGNORECASE)
+_DURATION: Final = re.compile(r"^\s*(?:\d+(?:\.\d+)?\s*(?:ms|s|m|h|d|w)\s*)+$", re.IGNORECASE)
+
+
+def parse_duration(text: str) -> timedelta:
+    """`"90s"`, `"15m"`, `"1h30m"`, `"7d"`, `"2w"` as a timedelta; ValueError on anything else."""
+    if not _DURATION.match(text):
+        raise ValueError(f"{text!r} is not a duration: use a number and a unit, like 30m, 1h, 7d or 1h30m")
+    seconds = sum(float(n) * _UNITS[unit.lower()] for n, unit in _DURATION_PART.findall(text))
+    return timedelta(seconds=seconds)
+
+
+def parse_time(value: TimeArg, *, now: datetime | None = None) -> datetime | None:
+    """A point in time, timezone-aware: durations count back from `now`, naive times are local."""
+    if value is None:
+        return None
+    now = now or datetime.now(UTC)
+    if isinstance(value, timedelta):
+        return now - value
+    if isinstance(value, datetime):
+        return value if value.tzinfo is not None else value.astimezone()
+    text = value.strip()
+    if _DURATION.match(text):
+        return now - parse_duration(text)
+    try:
+        moment = datetime.fromisoformat(text.replace(" ", "T", 1) if " " in text else text)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is neither a duration (30m, 1h, 7d) nor an ISO timestamp (2024-05-01T12:00:00Z)"
+        ) from None
+    # A naive timestamp is read in the local time zone, as it was most likely typed in a local terminal.
+    return moment if moment.tzinfo is not None else moment.astimezone()
+
+
+def cutoff(older_than: DurationArg, *, now: datetime | None = None) -> datetime:
+    """The moment `older_than` (a positive timedelta or duration text) before `now`."""
+    age = parse_duration(older_than) if isinstance(older_than, str) else older_than
+    if age <= timedelta(0):
+        raise ValueError(f"the age must be a positive duration, not {older_than!r}")
+    return (now or datetime.now(UTC)) - age
+
+
+def require_module(module: str, feature: str) -> Any:
+    """Import an optional library (pandas, polars) only when a feature needs it, or say how to get it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(f"{feature} needs {module}, which is not installed: pip install {module}") from exc
+
+
+def time_window(column: str, since: TimeArg, until: TimeArg) -> tuple[list[str], list[Any]]:
+    """SQL conditions (and their parameters) keeping `column` in `[since, until)`."""
+    start, end = parse_time(since), parse_time(until)
+    if start is not None and end is not None and start >= end:
+        raise ValueError(
+            f"the window is empty: since ({start.isoformat()}) is not before until ({end.isoformat()})"
+        )
+    where: list[str] = []
+    params: list[Any] = []
+    if start is not None:
+        where.append(f"{column} >= ?")
+        params.append(start)
+    if end is not None:
+        where.append(f"{column} < ?")
+        params.append(end)
+    return where, params
+
+
+def _texts(value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _json(value: Any) -> Any:
+    """A JSON column's value as Python data (DuckDB hands JSON over as text)."""
+    if value is None or not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def _columns(row_type: type[Any]) -> str:
+    return ", ".join(row_type.__dataclass_fields__)
+
+
+# -- executions ------------------------------------------------------------------------------------
+
+EXECUTION_STATUSES: Final = ("running", "completed", "failed")
+
+
+def list_executions(
+    connection: duckdb.DuckDBPyConnection,
+    *,
+    status: str | Sequence[str] | None = None,
+    workflow_id: str | Sequence[str] | None = None,
+    since: TimeArg = None,
+    until: TimeArg = None,
+    triggered_by: str | None = None,
+    error_contains: str | None = None,
+    limit: int | None = 50,
+    offset: int = 0,
+) -> list[_store.ExecutionRow]:
+    """Executions matching every given filter, newest first; `since`/`until` bound the start time."""
+    where, params = time_window("started_at", since, until)
+    for column, values in (("status", _texts(status)), ("workflow_id", _texts(workflow_id))):
+        if values:
+            where.append(f"{column} IN ({', '.join('?' for _ in values)})")
+            params.extend(values)
+    if triggered_by is not None:
+        where.append("triggered_by = ?")
+        params.append(triggered_by)
+    if error_contains:
+        # Case-insensitive substring, with no LIKE wildcards to escape.
+        where.append("contains(lower(error_message), lower(?))")
+        params.append(error_contains)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    paging = ""
+    if limit is not None:
+        paging = " LIMIT ? OFFSET ?"
+        params.extend([limit, offset])
+    elif offset:
+        paging = " OFFSET ?"
+        params.append(offset)
+    rows = connection.execute(
+        f"SELECT {_columns(_store.ExecutionRow)} FROM workflow_executions {clause} "
+        f"ORDER BY started_at DESC, id{paging}",
+        params,
+    ).fetchall()
+    return [_store.ExecutionRow(*row) for row in rows]
+
+
+def resolve_execution_id(connection: duckdb.DuckDBPyConnection, id_or_prefix: str) -> str:
+    """The one execution id equal to, or else starting with, `id_or_prefix`."""
+    prefix = id_or_prefix.strip()
+    if not prefix:
+        raise ExecutionNotFound("an execution id (or a unique prefix of one) is required")
+    rows = connection.execute(
+        "SELECT DISTINCT id FROM workflow_executions WHERE starts_with(id, ?) ORDER BY id LIMIT 6", [prefix]
+    ).fetchall()
+    ids = [row[0] for row in rows]
+    if prefix in ids:
+        return prefix
+    if not ids:
+        raise ExecutionNotFound(f"no execution with id {prefix!r} or an id starting with it")
+    if len(ids) > 1:
+        shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
+        raise AmbiguousExecutionId(
+            f"{prefix!r} is the start of several execution ids ({shown}): give more characters", ids[:5]
+        )
+    return str(ids[0])
+
+
+def list_steps(connection: duckdb.DuckDBPyConnection, execution_id: str) -> list[_store.StepRow]:
+    """The steps of one execution in start order."""
+    rows = connection.execute(
+        f"SELECT {_columns(_store.StepRow)} FROM execution_steps WHERE execution_id = ? "
+        "ORDER BY started_at, sequence_num, id",
+        [execution_id],
+    ).fetchall()
+    return [_store.StepRow(*row) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class SpanLine:
+    """One line of an execution's waterfall: a span under the execution span (itself included).
+
+    `role` is `execution`, `step`, or None for spans of other instrumentation
+    (HTTP clients, database calls). `status` uses the step vocabulary for all:
+    a plain span is `completed` unless its status is ERROR (`failed`).
+    `offset_ms` counts from the start of the execution; `end_time` and
+    `duration_ms` are None while the span runs.
+    """
+
+    span_id: str
+    parent_span_id: str | None
+    depth: int
+    name: str
+    role: str | None
+    label: str
+    kind: str | None
+    service_name: str | None
+    status: str
+    start_time: datetime
+    end_time: datetime | None
+    offset_ms: float
+    duration_ms: float | None
+    error_message: str | None
+    sequence_num: int | None
+    step_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionDetail:
+    """One execution: its `workflow_executions` row, its steps, and its waterfall of spans.
+
+    `input_data` / `output_data` of the steps, and `trigger_data`, are JSON
+    texts, None unless I/O capture was on for the execution.
+    """
+
+    id: str
+    workflow_id: str | None
+    status: str
+    trigger_type: str | None
+    triggered_by: str | None
+    started_at: datetime
+    completed_at: datetime | None
+    duration_ms: float | None
+    error_message: str | None
+    current_step: str | None
+    trace_id: str
+    span_id: str
+    service_name: str | None
+    config_version: str | None
+    capture_io: bool
+    trigger_data: str | None
+    steps: list[_store.StepRow] = field(default_factory=list)
+    spans: list[SpanLine] = field(default_factory=list)
+
+    @property
+    def elapsed_ms(self) -> float:
+        """The duration, or for a running execution the time since it started."""
+        if self.duration_ms is not None:
+            return self.duration_ms
+        return (datetime.now(UTC) - self.started_at).total_seconds() * 1000
+
+
+def get_execution(connection: duckdb.DuckDBPyConnection, id_or_prefix: str) -> ExecutionDetail:
+    """The execution named by an id or a unique prefix of one, with its steps and waterfall."""
+    execution_id = resolve_execution_id(connection, id_or_prefix)
+    row = connection.execute(
+        "SELECT id, workflow_id, status, trigger_type, triggered_by, started_at, completed_at, duration_ms, "
+        "error_message, current_step, trace_id, span_id, service_name, metadata ->> 'config_version', "
+        "coalesce((metadata ->> 'capture_io')::BOOLEAN, false), trigger_data::VARCHAR "
+        "FROM workflow_executions WHERE id = ? ORDER BY started_at LIMIT 1",
+        [execution_id],
+    ).fetchone()
+    if row is None:  # deleted between the two queries
+        raise ExecutionNotFound(f"no execution with id {execution_id!r}")
+    detail = ExecutionDetail(*row)
+    return dataclasses.replace(
+        detail,
+        steps=list_steps(connection, execution_id),
+        spans=_waterfall(connection, detail.trace_id, detail.span_id, detail.started_at),
+    )
+
+
+def _waterfall(
+    connection: duckdb.DuckDBPyConnection, trace_id: str, root_span_id: str, origin: datetime
+) -> list[SpanLine]:
+    # Every span of the trace, ended or still running; the tree is walked from the execution span so
+    # that spans of the trace outside it (an HTTP server span above it, another execution) are left out.
+    rows = connection.execute(
+        """
+        SELECT span_id, parent_span_id, name, workflow_role, step_name, kind, service_name,
+               CASE WHEN workflow_role IS NOT NULL THEN workflow_status
+                    WHEN status_code = 'ERROR' THEN 'failed' ELSE 'completed' END,
+               start_time, end_time, duration_ms,
+               CASE WHEN workflow_role IS NOT NULL THEN error_message
+                    WHEN status_code = 'ERROR' THEN status_message END,
+               step_sequence, step_type
+        FROM spans WHERE trace_id = $trace
+        UNION ALL
+        SELECT span_id, parent_span_id, name, workflow_role, step_name, NULL, service_name,
+               CASE WHEN interrupted_at IS NULL THEN 'running' ELSE 'failed' END,
+               start_time, NULL, NULL,
+               CASE WHEN interrupted_at IS NOT NULL
+                    THEN 'interrupted: the process shut down before this span ended' END,
+               step_sequence, step_type
+        FROM running_spans r
+        WHERE trace_id = $trace
+          AND NOT EXISTS (SELECT 1 FROM spans s WHERE s.trace_id = r.trace_id AND s.span_id = r.span_id)
+        """,
+        {"trace": trace_id},
+    ).fetchall()
+    children: dict[str | None, list[tuple[Any, ...]]] = {}
+    by_id: dict[str, tuple[Any, ...]] = {}
+    for row in rows:
+        by_id.setdefault(row[0], row)
+        children.setdefault(row[1], []).append(row)
+    for siblings in children.values():
+        siblings.sort(key=lambda r: (r[8], r[12] if r[12] is not None else 0, r[0]))
+    root = by_id.get(root_span_id)
+    if root is None:
+        return []
+    lines: list[SpanLine] = []
+    stack: list[tuple[tuple[Any, ...], int]] = [(root, 0)]
+    seen: set[str] = set()
+    while stack:
+        row, depth = stack.pop()
+        if row[0] in seen:  # a malformed trace with a parent cycle must not loop forever
+            continue
+        seen.add(row[0])
+        (span_id, parent, name, role, step_name, kind, service, status) = row[:8]
+        (start, end, duration, error, seq, stype) = row[8:]
+        lines.append(
+            SpanLine(
+                span_id=span_id,
+                parent_span_id=parent,
+                depth=depth,
+                name=name,
+                role=role,
+                label=step_name if role == "step" and step_name else name,
+                kind=kind,
+                service_name=service,
+                status=status,
+                start_time=start,
+                end_time=end,
+                offset_ms=(start - origin).total_seconds() * 1000,
+                duration_ms=duration,
+                error_message=error,
+                sequence_num=seq,
+                step_type=stype,
+            )
+        )
+        stack.extend((child, depth + 1) for child in reversed(children.get(span_id, [])))
+    return lines
+
+
+# -- logs ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LogRow:
+    """One row of `execution_logs`; `fields` is the row's JSON object as Python data."""
+
+    id: str
+    workflow_id: str | None
+    execution_id: str
+    step_id: str | None
+    level: str
+    message: str
+    module_name: str | None
+    fields: Any
+    created_at: datetime
+
+
+def list_logs(
+    connection: duckdb.DuckDBPyConnection,
+    execution_id: str | None = None,
+    *,
+    level: str | Sequence[str] | None = None,
+    since: TimeArg = None,
+    until: TimeArg = None,
+    limit: int | None = None,
+) -> list[LogRow]:
+    """Log rows in time order; at equal times a start comes before the events and the end of its span."""
+    where, params = time_window("created_at", since, until)
+    if execution_id is not None:
+        where.append("execution_id = ?")
+        params.append(execution_id)
+    levels = [value.lower() for value in _texts(level)]
+    if levels:
+        where.append(f"lower(level) IN ({', '.join('?' for _ in levels)})")
+        params.extend(levels)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    paging = ""
+    if limit is not None:
+        paging = " LIMIT ?"
+        params.append(limit)
+    rows = connection.execute(
+        "SELECT id, workflow_id, execution_id, step_id, level, message, module_name, fields::VARCHAR, "
+        f"created_at FROM execution_logs {clause} "
+        "ORDER BY created_at, CASE WHEN ends_with(id, ':start') THEN 0 WHEN ends_with(id, ':end') THEN 2 "
+        f"ELSE 1 END, id{paging}",
+        params,
+    ).fetchall()
+    return [
+        LogRow(
+            id=row[0],
+            workflow_id=row[1],
+            execution_id=row[2],
+            step_id=row[3],
+            level=row[4],
+            message=row[5],
+            module_name=row[6],
+            fields=_json(row[7]),
+            created_at=row[8],
+        )
+        for row in rows
+    ]
+
+
+# -- statistics ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StepStats:
+    """Per workflow and step name, over the ended steps that started in the window.
+
+    `failure_rate` is `failed / count`. Durations are percentiles in
+    milliseconds over the steps that ran (skipped ones are left out, since
+    they take no time and would pull the percentiles down).
+    """
+
+    workflow_id: str | None
+    step_name: str
+    count: int
+    failed: int
+    skipped: int
+    failure_rate: float
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowStats:
+    """Per workflow, over the executions that started in the window; `running` ones are not in `count`."""
+
+    workflow_id: str | None
+    count: int
+    failed: int
+    running: int
+    failure_rate: float
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+
+
+STAT_SORTS: Final = {
+    "name": "1, 2",
+    "count": "count DESC, 1, 2",
+    "failures": "failure_rate DESC, failed DESC, 1, 2",
+    "p50": "p50_ms DESC NULLS LAST, 1, 2",
+    "p95": "p95_ms DESC NULLS LAST, 1, 2",
+    "p99": "p99_ms DESC NULLS LAST, 1, 2",
+    "max": "max_ms DESC NULLS LAST, 1, 2",
+}
+
+
+def _sort(sort: str) -> str:
+    try:
+        return STAT_SORTS[sort]
+    except KeyError:
+        raise ValueError(f"unknown sort {sort!r}: use one of {', '.join(STAT_SORTS)}") from None
+
+
+def step_stats(
+    connection: duckdb.DuckDBPyConnection,
+    *,
+    workflow_id: str | None = None,
+    since: TimeArg = None,
+    until: TimeArg = None,
+    sort: str = "p95",
+) -> list[StepStats]:
+    """Count, failures and duration percentiles per workflow and step name."""
+    order = _sort(sort)
+    where, params = time_window("started_at", since, until)
+    where.append("status <> 'running'")
+    if workflow_id is not None:
+        where.append("workflow_id = ?")
+        params.append(workflow_id)
+    rows = connection.execute(
+        f"""
+        SELECT workflow_id, step_name, count(*) AS count,
+               count(*) FILTER (WHERE status = 'failed') AS failed,
+               count(*) FILTER (WHERE status = 'skipped') AS skipped,
+               failed / count(*) AS failure_rate,
+               quantile_cont(duration_ms, 0.5) FILTER (WHERE status <> 'skipped') AS p50_ms,
+               quantile_cont(duration_ms, 0.95) FILTER (WHERE status <> 'skipped') AS p95_ms,
+               quantile_cont(duration_ms, 0.99) FILTER (WHERE status <> 'skipped') AS p99_ms,
+               max(duration_ms) FILTER (WHERE status <> 'skipped') AS max_ms
+        FROM execution_steps WHERE {" AND ".join(where)}
+        GROUP BY workflow_id, step_name ORDER BY {order}
+        """,
+        params,
+    ).fetchall()
+    return [StepStats(*row) for row in rows]
+
+
+def workflow_stats(
+    connection: duckdb.DuckDBPyConnection,
+    *,
+    workflow_id: str | None = None,
+    since: TimeArg = None,
+    until: TimeArg = None,
+    sort: str = "p95",
+) -> list[WorkflowStats]:
+    """Count, failures, running executions and duration percentiles per workflow."""
+    order = _sort(sort).replace("1, 2", "1")
+    where, params = time_window("started_at", since, until)
+    if workflow_id is not None:
+        where.append("workflow_id = ?")
+        params.append(workflow_id)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    rows = connection.execute(
+        f"""
+        SELECT workflow_id,
+               count(*) FILTER (WHERE status <> 'running') AS count,
+               count(*) FILTER (WHERE status = 'failed') AS failed,
+               count(*) FILTER (WHERE status = 'running') AS running,
+               coalesce(failed / nullif(count, 0), 0) AS failure_rate,
+               quantile_cont(duration_ms, 0.5) AS p50_ms,
+               quantile_cont(duration_ms, 0.95) AS p95_ms,
+               quantile_cont(duration_ms, 0.99) AS p99_ms,
+               max(duration_ms) AS max_ms
+        FROM workflow_executions {clause}
+        GROUP BY workflow_id ORDER BY {order}
+        """,
+        params,
+    ).fetchall()
+    return [WorkflowStats(*row) for row in rows]
+
+
+# -- read-only SQL ---------------------------------------------------------------------------------
+
+_READ_TYPES: Final = frozenset({duckdb.StatementType.SELECT})
+_EXPLAIN: Final = re.compile(r"^\s*EXPLAIN(?:\s+ANALY[SZ]E)?\s+(.*)$", re.IGNORECASE | re.DOTALL)
+
+
+def check_read_only(query: str) -> str:
+    """Return the one statement in `query` if it only reads (SELECT, FROM, WITH, SHOW, DESCRIBE, EXPLAIN).
+
+    Raises `ReadOnlyViolation` for anything else: writes (INSERT, UPDATE,
+    DELETE, COPY, CREATE, DROP, ALTER, EXPORT, IMPORT), ATTACH / DETACH,
+    INSTALL / LOAD, SET / PRAGMA / CALL, transactions, and several statements
+    at once. DuckDB's own parser classifies the statement, so comments and
+    case tricks do not get a write through. Raises `duckdb.ParserException`
+    when the text does not parse.
+    """
+    statements = duckdb.extract_statements(query)
+    if not statements:
+        raise ReadOnlyViolation("the query is empty: give one SELECT statement")
+    if len(statements) > 1:
+        raise ReadOnlyViolation(f"give one statement at a time (found {len(statements)})")
+    [statement] = statements
+    kind = statement.type
+    if kind == duckdb.StatementType.EXPLAIN:
+        inner = _EXPLAIN.match(statement.query)
+        inner_statements = duckdb.extract_statements(inner.group(1)) if inner else []
+        if len(inner_statements) == 1 and inner_statements[0].type in _READ_TYPES:
+            return statement.query
+    elif kind in _READ_TYPES:
+        return statement.query
+    names = {
+        duckdb.StatementType.LOAD: "INSTALL/LOAD",
+        duckdb.StatementType.EXPLAIN: "EXPLAIN of a statement that is not a SELECT",
+        duckdb.StatementType.CREATE_FUNC: "CREATE FUNCTION/MACRO",
+        duckdb.StatementType.VARIABLE_SET: "SET VARIABLE",
+        # DuckDB runs a PIVOT without an explicit IN list as several statements, one of which creates a type.
+        duckdb.StatementType.MULTI: "a PIVOT without an IN list (give the values: PIVOT t ON c IN (...))",
+    }
+    keyword = names.get(kind, kind.name.replace("_", " "))
+    raise ReadOnlyViolation(
+        f"refused: only reading queries (SELECT) run here, and this is {keyword}; "
+        "the database is never changed from here (use `otel-workflow prune` for retention)"
+    )
+
+
+# -- retention -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PruneReport:
+    """What `prune` removed (or, with `dry_run`, would remove).
+
+    Whole traces go, so an execution never loses part of its steps: a trace
+    is removed when nothing in it happened after the cutoff (its spans' end
+    times and its live rows' start or interruption times are all earlier).
+    """
+
+    cutoff: datetime
+    dry_run: bool
+    traces: int
+    executions: int
+    steps: int
+    logs: int
+    spans: int
+    span_events: int
+    span_links: int
+    running_spans: int
+
+
+def prune(connection: duckdb.DuckDBPyConnection, cutoff: datetime, *, dry_run: bool = False) -> PruneReport:
+    """Delete every trace whose last activity is before `cutoff`, with its events, links and live rows.
+
+    Runs in one transaction on a read-write connection; the derived counts
+    (executions, steps, logs) are the difference of the views before and after.
+    """
+    connection.execute("BEGIN TRANSACTION")
+    try:
+        connection.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE _prune_traces AS
+            SELECT trace_id FROM (
+                SELECT trace_id, end_time AS happened FROM spans
+                UNION ALL
+                SELECT trace_id, coalesce(interrupted_at, start_time) FROM running_spans
+            )
+            GROUP BY trace_id HAVING max(happened) < ?
+            """,
+            [cutoff],
+        )
+        derived = (
+            "SELECT (SELECT count(*) FROM workflow_executions), (SELECT count(*) FROM execution_steps), "
+            "(SELECT count(*) FROM execution_logs)"
+        )
+        before = connection.execute(derived).fetchone() or (0, 0, 0)
+        traces = _count(connection, "SELECT count(*) FROM _prune_traces")
+        removed: dict[str, int] = {}
+        for table in ("span_events", "span_links", "running_spans", "spans"):
+            removed[table] = _count(
+                connection, f"DELETE FROM {table} WHERE trace_id IN (SELECT trace_id FROM _prune_traces)"
+            )
+        after = connection.execute(derived).fetchone() or (0, 0, 0)
+        connection.execute("DROP TABLE _prune_traces")
+        connection.execute("ROLLBACK" if dry_run else "COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    return PruneReport(
+        cutoff=cutoff,
+        dry_run=dry_run,
+        traces=traces,
+        executions=before[0] - after[0],
+        steps=before[1] - after[1],
+        logs=before[2] - after[2],
+        spans=removed["spans"],
+        span_events=removed["span_events"],
+        span_links=removed["span_links"],
+        running_spans=removed["running_spans"],
+    )
+
+
+def _count(connection: duckdb.DuckDBPyConnection, query: str) -> int:
+    row = connection.execute(query).fetchone()
+    return 0 if row is None else int(row[0])
