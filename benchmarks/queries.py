@@ -19,10 +19,10 @@ objects, every step has one event. One write transaction per 1M spans.
 Then each query runs `--repeat` times on a fresh read-only connection (the way the CLI
 and a notebook read) after one warm-up; the median is printed:
 
-- executions: newest 50 failed executions (`workflow_executions`, status filter);
-- waterfall: one execution's steps (`execution_steps`) and all spans of its trace (`spans`);
-- step quantiles: p50/p95/p99 of `execution_steps.duration_ms` per step over all data;
-- failure rate per hour over all executions;
+- executions: newest 50 failed executions (`queries.list_executions`, what `otel-workflow executions` runs);
+- waterfall: one execution with its steps and all spans of its trace (`queries.get_execution`, `show`);
+- step quantiles: count, failure rate, p50/p95/p99/max per step over all data (`queries.step_stats`, `stats`);
+- failure rate per hour over all executions (the `failure_rate_over_time()` macro);
 and the database size per million spans.
 Targets at 10M spans: executions < 20 ms, waterfall < 10 ms, quantiles < 1 s; <= 100 bytes/span.
 """
@@ -40,7 +40,8 @@ from pathlib import Path
 
 import duckdb
 
-from otel_workflow.schema import ensure_schema
+from otel_workflow import queries
+from otel_workflow.schema import ensure_schema, rebuild_derived
 
 STEPS = ("validate", "enrich", "price", "reserve", "charge", "invoice", "pack", "ship", "notify", "archive")
 SPANS_PER_EXECUTION = 12
@@ -88,6 +89,7 @@ SELECT substr(h || h, 1, 32) AS trace_id,
        CASE WHEN k BETWEEN 1 AND 10 THEN $steps[k] END AS step_name,
        CASE WHEN k BETWEEN 1 AND 10 THEN 'step.' || $steps[k] END AS step_type,
        CASE WHEN k BETWEEN 1 AND 10 THEN k END AS step_sequence,
+       NULL AS parent_step_id,
        CASE WHEN k = 11 THEN NULL
             WHEN exec_failed AND (k = 0 OR k = failing_step) THEN 'failed' ELSE 'completed' END,
        CASE WHEN exec_failed AND (k = 0 OR k = failing_step) THEN 'TimeoutError: upstream timed out' END,
@@ -119,6 +121,10 @@ def generate(connection: duckdb.DuckDBPyConnection, spans: int) -> None:
         connection.execute(_GENERATE, {"first": first, "last": last, "steps": list(STEPS)})
         connection.execute(_EVENTS, {"since": since[0] if since else None})
         connection.execute("COMMIT")
+    # The exporter derives execution and step rows in its write transaction; here, once at the end.
+    connection.execute("BEGIN")
+    rebuild_derived(connection)
+    connection.execute("COMMIT")
     connection.execute("CHECKPOINT")
 
 
@@ -149,34 +155,25 @@ def measure(path: Path, spans: int, repeat: int) -> None:
         assert sample is not None
         execution_id, trace_id = sample
 
+        # The package's own read API (what `otel-workflow executions/show/stats` run), and its SQL macro.
         def executions() -> object:
-            return connection.execute(
-                "SELECT * FROM workflow_executions WHERE status = 'failed' ORDER BY started_at DESC LIMIT 50"
-            ).fetchall()
+            rows = queries.list_executions(connection, status="failed", limit=50)
+            assert len(rows) == 50
+            return rows
 
         def waterfall() -> object:
-            steps = connection.execute(
-                "SELECT * FROM execution_steps WHERE execution_id = ? ORDER BY started_at", [execution_id]
-            ).fetchall()
-            spans_ = connection.execute(
-                "SELECT span_id, parent_span_id, name, start_time, duration_ms, status_code FROM spans "
-                "WHERE trace_id = ? ORDER BY start_time",
-                [trace_id],
-            ).fetchall()
-            assert len(steps) == 10 and len(spans_) == SPANS_PER_EXECUTION, (len(steps), len(spans_))
-            return steps
+            detail = queries.get_execution(connection, execution_id)
+            assert detail.trace_id == trace_id
+            assert len(detail.steps) == 10 and len(detail.spans) == SPANS_PER_EXECUTION
+            return detail
 
         def quantiles() -> object:
-            return connection.execute(
-                "SELECT step_name, count(*), quantile_cont(duration_ms, [0.5, 0.95, 0.99]) "
-                "FROM execution_steps GROUP BY step_name"
-            ).fetchall()
+            stats = queries.step_stats(connection)
+            assert len(stats) == len(STEPS)
+            return stats
 
         def failure_rate() -> object:
-            return connection.execute(
-                "SELECT date_trunc('hour', started_at) AS hour, avg((status = 'failed')::INT) "
-                "FROM workflow_executions GROUP BY hour ORDER BY hour"
-            ).fetchall()
+            return connection.execute("SELECT * FROM failure_rate_over_time()").fetchall()
 
         figures = {
             name: timed(fn, repeat)

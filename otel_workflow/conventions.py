@@ -29,6 +29,8 @@ STEP_TYPE: Final = "workflow.step.type"
 STEP_SEQUENCE: Final = "workflow.step.sequence"
 STEP_STATUS: Final = "workflow.step.status"
 STEP_SKIP_REASON: Final = "workflow.step.skip_reason"
+# Stamped by WorkflowSpanProcessor on a step whose parent span is a step (a sub-pipeline).
+STEP_PARENT_ID: Final = "workflow.step.parent_id"
 
 IO_INPUT_EVENT: Final = "workflow.step.input"
 EXECUTION_INPUT_EVENT: Final = "workflow.execution.input"
@@ -114,6 +116,7 @@ class Recognised:
     step_name: str | None = None
     step_type: str | None = None
     step_sequence: int | None = None
+    parent_step_id: str | None = None
     # An outcome the attributes state outright (skipped, compensated, a CI/CD result).
     declared_status: str | None = None
     trigger_type: str | None = None
@@ -169,5 +172,6 @@ def recognise(name: str, attributes: Mapping[str, Any]) -> Recognised:
         step_name=str(step_name),
         step_type=_text(_first(attributes, STEP_TYPE, GO_STEP_TYPE, CICD_TASK_TYPE)),
         step_sequence=_sequence(_first(attributes, STEP_SEQUENCE, GO_STEP_SEQUENCE)),
+        parent_step_id=_text(_first(attributes, STEP_PARENT_ID)),
         declared_status=_text(declared),
     )

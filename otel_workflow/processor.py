@@ -18,7 +18,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from otel_workflow import conventions as cv
-from otel_workflow.rows import RunningRecord, span_attributes
+from otel_workflow.rows import RunningRecord, hex_span_id, span_attributes
 from otel_workflow.store import TraceStore
 
 logger = logging.getLogger("otel_workflow")
@@ -52,19 +52,24 @@ class WorkflowSpanProcessor(SpanProcessor):
     def _on_start(self, span: Span, parent_context: otel_context.Context | None) -> None:
         # Plain-dict views: lookups through the SDK's Mapping wrappers cost a lock and an exception each.
         attributes = span_attributes(span)
-        execution_id = cv.execution_id_of(attributes)
-        if execution_id is None:
-            parent = trace.get_current_span(parent_context)
-            if isinstance(parent, ReadableSpan):
-                parent_attributes = span_attributes(parent)
-                execution_id = cv.execution_id_of(parent_attributes)
-                if execution_id is not None:
-                    span.set_attribute(cv.EXECUTION_ID, execution_id)
-                    workflow_id = parent_attributes.get(cv.WORKFLOW_ID)
-                    if workflow_id is not None and cv.WORKFLOW_ID not in attributes:
-                        span.set_attribute(cv.WORKFLOW_ID, workflow_id)
         name = span.name
-        if cv.is_step(name, attributes):
+        step = cv.is_step(name, attributes)
+        execution_id = cv.execution_id_of(attributes)
+        if execution_id is None or step:
+            parent = trace.get_current_span(parent_context)
+            if isinstance(parent, ReadableSpan) and parent.context is not None:
+                parent_attributes = span_attributes(parent)
+                if execution_id is None:
+                    execution_id = cv.execution_id_of(parent_attributes)
+                    if execution_id is not None:
+                        span.set_attribute(cv.EXECUTION_ID, execution_id)
+                        workflow_id = parent_attributes.get(cv.WORKFLOW_ID)
+                        if workflow_id is not None and cv.WORKFLOW_ID not in attributes:
+                            span.set_attribute(cv.WORKFLOW_ID, workflow_id)
+                nested = step and cv.STEP_PARENT_ID not in attributes
+                if nested and cv.is_step(parent.name, parent_attributes):
+                    span.set_attribute(cv.STEP_PARENT_ID, hex_span_id(parent.context.span_id))
+        if step:
             if execution_id is not None and cv.STEP_SEQUENCE not in attributes:
                 counter = self._counters.get(execution_id)
                 if counter is None:

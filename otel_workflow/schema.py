@@ -1,10 +1,12 @@
-"""The DuckDB schema: raw span tables, the live `running_spans` table, and the derived views.
+"""The DuckDB schema: raw span tables, the live `running_spans` table, and the derived relations.
 
-Raw tables are the primary record. The derived relations of DESIGN.md
-(`workflow_executions`, `execution_steps`, `execution_logs`) are views over
-them, so they are always consistent with the raw spans and never need a
-rebuild. The workflow columns of `spans` are promoted at ingest by
-`conventions.recognise` from the span's own name and attributes.
+Raw tables (`spans`, `span_events`, `span_links`) are the primary record; the
+workflow columns of `spans` are promoted at ingest by `conventions.recognise`
+from the span's own name and attributes. The derived relations of DESIGN.md are
+views: `workflow_executions` and `execution_steps` over the small `executions`
+and `steps` tables (one row per ended execution / step, written in the same
+transaction as its span, rebuildable from `spans` by `rebuild_derived`) and the
+live `running_spans`; `execution_logs` over those and `span_events`.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ CREATE TABLE IF NOT EXISTS spans (
     step_name VARCHAR,
     step_type VARCHAR,
     step_sequence BIGINT,
+    parent_step_id VARCHAR,
     workflow_status VARCHAR,
     error_message VARCHAR,
     trigger_type VARCHAR,
@@ -91,6 +94,7 @@ CREATE TABLE IF NOT EXISTS running_spans (
     step_name VARCHAR,
     step_type VARCHAR,
     step_sequence BIGINT,
+    parent_step_id VARCHAR,
     trigger_type VARCHAR,
     triggered_by VARCHAR,
     config_version VARCHAR,
@@ -101,72 +105,125 @@ CREATE TABLE IF NOT EXISTS running_spans (
 );
 """
 
-_VIEWS: Final = """
-CREATE OR REPLACE VIEW workflow_spans AS
-SELECT trace_id, span_id, parent_span_id, name, start_time, end_time, duration_ms, service_name,
-       workflow_role, execution_id, workflow_id, step_name, step_type, step_sequence,
-       workflow_status AS status, error_message, trigger_type, triggered_by, config_version,
-       capture_io, input_data, output_data
-FROM spans
-WHERE workflow_role IS NOT NULL
-UNION ALL
-SELECT trace_id, span_id, parent_span_id, name, start_time, NULL::TIMESTAMPTZ, NULL::DOUBLE, service_name,
-       workflow_role, execution_id, workflow_id, step_name, step_type, step_sequence,
-       CASE WHEN interrupted_at IS NULL THEN 'running' ELSE 'failed' END,
-       CASE WHEN interrupted_at IS NOT NULL
-            THEN 'interrupted: the process shut down before this span ended' END,
-       trigger_type, triggered_by, config_version, capture_io, NULL::JSON, NULL::JSON
-FROM running_spans;
+# Derived tables, filled at ingest from the same batch (in the same transaction) and rebuildable from
+# `spans` alone by `rebuild_derived`. Measured at 10M spans (benchmarks/queries.py), views that
+# filtered `spans` for executions and joined steps to their parents took 0.2-1.7 s per question;
+# these small tables answer in milliseconds.
+_DERIVED_TABLES: Final = """
+CREATE TABLE IF NOT EXISTS executions (
+    id VARCHAR NOT NULL,
+    workflow_id VARCHAR,
+    trigger_type VARCHAR,
+    status VARCHAR NOT NULL,
+    triggered_by VARCHAR,
+    started_at TIMESTAMPTZ NOT NULL,
+    completed_at TIMESTAMPTZ,
+    duration_ms DOUBLE,
+    error_message VARCHAR,
+    config_version VARCHAR,
+    capture_io BOOLEAN,
+    trigger_data JSON,
+    trace_id VARCHAR NOT NULL,
+    span_id VARCHAR NOT NULL,
+    service_name VARCHAR
+);
+-- Looking an execution up by its id is the start of `show`, `logs` and the read API: an ART index makes it
+-- a point lookup instead of a scan of every id.
+CREATE INDEX IF NOT EXISTS executions_id ON executions (id);
+CREATE TABLE IF NOT EXISTS steps (
+    id VARCHAR NOT NULL,
+    execution_id VARCHAR,
+    step_name VARCHAR,
+    step_type VARCHAR,
+    status VARCHAR NOT NULL,
+    sequence_num BIGINT,
+    parent_step_id VARCHAR,
+    started_at TIMESTAMPTZ NOT NULL,
+    completed_at TIMESTAMPTZ,
+    duration_ms DOUBLE,
+    error_message VARCHAR,
+    input_data JSON,
+    output_data JSON,
+    workflow_id VARCHAR,
+    trace_id VARCHAR NOT NULL,
+    service_name VARCHAR
+);
+"""
 
+_DERIVE_EXECUTIONS: Final = """
+INSERT INTO executions
+SELECT execution_id, workflow_id, trigger_type, workflow_status, triggered_by, start_time, end_time,
+       duration_ms, error_message, config_version, capture_io, input_data, trace_id, span_id, service_name
+FROM {source}
+WHERE workflow_role = 'execution'
+"""
+
+_DERIVE_STEPS: Final = """
+INSERT INTO steps
+SELECT span_id, execution_id, step_name, step_type, workflow_status, step_sequence, parent_step_id,
+       start_time, end_time, duration_ms, error_message, input_data, output_data, workflow_id, trace_id,
+       service_name
+FROM {source}
+WHERE workflow_role = 'step'
+"""
+
+_INTERRUPTED: Final = "'interrupted: the process shut down before this span ended'"
+
+_VIEWS: Final = f"""
 CREATE OR REPLACE VIEW workflow_executions AS
-SELECT e.execution_id AS id,
-       e.workflow_id,
-       e.trigger_type,
-       e.status,
-       e.triggered_by,
-       e.start_time AS started_at,
-       e.end_time AS completed_at,
-       e.duration_ms,
-       e.error_message,
-       json_object('config_version', e.config_version,
-                   'explicit_trace', coalesce(e.capture_io, false),
-                   'capture_io', coalesce(e.capture_io, false)) AS metadata,
-       e.trace_id,
-       e.span_id,
-       e.service_name,
-       cur.step_name AS current_step,
-       e.input_data AS trigger_data
-FROM workflow_spans e
+SELECT id, workflow_id, trigger_type, status, triggered_by, started_at, completed_at, duration_ms,
+       error_message,
+       json_object('config_version', config_version,
+                   'explicit_trace', coalesce(capture_io, false),
+                   'capture_io', coalesce(capture_io, false)) AS metadata,
+       trace_id, span_id, service_name, NULL::VARCHAR AS current_step, trigger_data
+FROM executions
+UNION ALL
+SELECT r.execution_id,
+       r.workflow_id,
+       r.trigger_type,
+       CASE WHEN r.interrupted_at IS NULL THEN 'running' ELSE 'failed' END,
+       r.triggered_by,
+       r.start_time,
+       NULL::TIMESTAMPTZ,
+       NULL::DOUBLE,
+       CASE WHEN r.interrupted_at IS NOT NULL THEN {_INTERRUPTED} END,
+       json_object('config_version', r.config_version,
+                   'explicit_trace', coalesce(r.capture_io, false),
+                   'capture_io', coalesce(r.capture_io, false)),
+       r.trace_id, r.span_id, r.service_name, cur.step_name, NULL::JSON
+FROM running_spans r
 LEFT JOIN (
+    -- The step a running execution is on: its latest-started step that is still running.
     SELECT execution_id, arg_max(step_name, step_sequence) AS step_name
     FROM running_spans
     WHERE workflow_role = 'step' AND interrupted_at IS NULL
     GROUP BY execution_id
-) cur ON e.status = 'running' AND cur.execution_id = e.execution_id
-WHERE e.workflow_role = 'execution';
+) cur ON r.interrupted_at IS NULL AND cur.execution_id = r.execution_id
+WHERE r.workflow_role = 'execution';
 
 CREATE OR REPLACE VIEW execution_steps AS
-SELECT s.span_id AS id,
-       s.execution_id,
-       s.step_name,
-       s.step_type,
-       s.status,
-       s.step_sequence AS sequence_num,
-       p.span_id AS parent_step_id,
-       s.start_time AS started_at,
-       s.end_time AS completed_at,
-       s.duration_ms,
-       s.error_message,
-       s.input_data,
-       s.output_data,
-       s.workflow_id,
-       s.trace_id,
-       s.service_name
-FROM workflow_spans s
-LEFT JOIN (
-    SELECT trace_id, span_id, execution_id FROM workflow_spans WHERE workflow_role = 'step'
-) p ON p.span_id = s.parent_span_id AND p.trace_id = s.trace_id AND p.execution_id = s.execution_id
-WHERE s.workflow_role = 'step';
+SELECT id, execution_id, step_name, step_type, status, sequence_num, parent_step_id, started_at,
+       completed_at, duration_ms, error_message, input_data, output_data, workflow_id, trace_id, service_name
+FROM steps
+UNION ALL
+SELECT span_id, execution_id, step_name, step_type,
+       CASE WHEN interrupted_at IS NULL THEN 'running' ELSE 'failed' END,
+       step_sequence, parent_step_id, start_time, NULL::TIMESTAMPTZ, NULL::DOUBLE,
+       CASE WHEN interrupted_at IS NOT NULL THEN {_INTERRUPTED} END,
+       NULL::JSON, NULL::JSON, workflow_id, trace_id, service_name
+FROM running_spans
+WHERE workflow_role = 'step';
+
+-- Executions and steps as one relation, for the start and end rows of `execution_logs`.
+CREATE OR REPLACE VIEW workflow_spans AS
+SELECT span_id, trace_id, 'execution' AS workflow_role, id AS execution_id, workflow_id,
+       NULL::VARCHAR AS step_name, status, error_message, started_at, completed_at, duration_ms
+FROM workflow_executions
+UNION ALL
+SELECT id, trace_id, 'step', execution_id, workflow_id, step_name, status, error_message, started_at,
+       completed_at, duration_ms
+FROM execution_steps;
 
 CREATE OR REPLACE VIEW execution_logs AS
 SELECT span_id || ':start' AS id,
@@ -175,11 +232,11 @@ SELECT span_id || ':start' AS id,
        CASE WHEN workflow_role = 'step' THEN span_id END AS step_id,
        'info' AS level,
        CASE WHEN workflow_role = 'execution'
-            THEN 'Execution started: ' || coalesce(workflow_id, name)
+            THEN 'Execution started: ' || coalesce(workflow_id, 'workflow')
             ELSE 'Step started: ' || step_name END AS message,
        step_name AS module_name,
        json_object('trace_id', trace_id, 'span_id', span_id) AS fields,
-       start_time AS created_at
+       started_at AS created_at
 FROM workflow_spans
 WHERE execution_id IS NOT NULL
 UNION ALL
@@ -190,9 +247,10 @@ SELECT span_id || ':end',
        CASE WHEN status = 'failed' THEN 'error' ELSE 'info' END,
        CASE WHEN workflow_role = 'execution' THEN
             CASE WHEN status = 'failed'
-                 THEN 'Execution failed: ' || coalesce(workflow_id, name)
+                 THEN 'Execution failed: ' || coalesce(workflow_id, 'workflow')
                       || coalesce(': ' || error_message, '')
-                 ELSE printf('Execution completed: %s (%.1fms)', coalesce(workflow_id, name), duration_ms) END
+                 ELSE printf('Execution completed: %s (%.1fms)', coalesce(workflow_id, 'workflow'),
+                             duration_ms) END
        ELSE
             CASE status
                  WHEN 'failed' THEN 'Step failed: ' || step_name || coalesce(': ' || error_message, '')
@@ -203,7 +261,7 @@ SELECT span_id || ':end',
        step_name,
        json_object('trace_id', trace_id, 'span_id', span_id, 'status', status,
                    'duration_ms', duration_ms),
-       coalesce(end_time, start_time)
+       coalesce(completed_at, started_at)
 FROM workflow_spans
 WHERE execution_id IS NOT NULL AND status <> 'running'
 UNION ALL
@@ -233,6 +291,19 @@ WHERE s.workflow_role IS NOT NULL AND s.execution_id IS NOT NULL;
 """
 
 
+def derive(connection: duckdb.DuckDBPyConnection, source: str) -> None:
+    """Add the execution and step rows of the spans in relation `source` (new spans only)."""
+    connection.execute(_DERIVE_EXECUTIONS.format(source=source))
+    connection.execute(_DERIVE_STEPS.format(source=source))
+
+
+def rebuild_derived(connection: duckdb.DuckDBPyConnection) -> None:
+    """Recompute `executions` and `steps` from the raw `spans` (in the caller's transaction)."""
+    connection.execute("DELETE FROM executions")
+    connection.execute("DELETE FROM steps")
+    derive(connection, "spans")
+
+
 def ensure_schema(connection: duckdb.DuckDBPyConnection) -> None:
     """Create the schema in an empty database, or check that an existing one is ours to write."""
     found = connection.execute(
@@ -256,6 +327,7 @@ def ensure_schema(connection: duckdb.DuckDBPyConnection) -> None:
             "(version INTEGER NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
         )
         connection.execute(_TABLES)
+        connection.execute(_DERIVED_TABLES)
         connection.execute(_VIEWS)
         create_analytics(connection)
         connection.execute(f"INSERT INTO {VERSION_TABLE} VALUES (?, now())", [SCHEMA_VERSION])

@@ -33,7 +33,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_workflow import queries
 from otel_workflow.rows import RunningRecord, SpanBatch, SpanConverter, running_table
-from otel_workflow.schema import SchemaVersionError, ensure_schema
+from otel_workflow.schema import SchemaVersionError, derive, ensure_schema
 from otel_workflow.writer import BackgroundWriter, RetryLater
 
 logger = logging.getLogger("otel_workflow")
@@ -678,19 +678,22 @@ def _insert_finished(connection: duckdb.DuckDBPyConnection, batch: SpanBatch) ->
     connection.register("_span_batch", spans)
     # A re-exported span has the same start time: bounding the check by the batch's start times lets
     # DuckDB skip row groups by their min/max instead of reading every stored span id.
-    inserted = connection.execute(
+    connection.execute(
         """
-        INSERT INTO spans SELECT b.* FROM _span_batch b
+        CREATE OR REPLACE TEMP TABLE _new_spans AS
+        SELECT b.* FROM _span_batch b
         WHERE NOT EXISTS (
             SELECT 1 FROM spans s
             WHERE s.start_time BETWEEN ? AND ? AND s.span_id = b.span_id AND s.trace_id = b.trace_id
         )
         """,
         [bounds["min"].as_py(), bounds["max"].as_py()],
-    ).fetchone()
+    )
     connection.unregister("_span_batch")
+    inserted = connection.execute("INSERT INTO spans SELECT * FROM _new_spans").fetchone()
+    derive(connection, "_new_spans")
     all_new = inserted is not None and inserted[0] == spans.num_rows
-    for table, name, key in ((events, "span_events", "event_index"), (links, "span_links", "link_index")):
+    for table, name in ((events, "span_events"), (links, "span_links")):
         if table.num_rows == 0:
             continue
         connection.register("_child_batch", table)
@@ -698,15 +701,11 @@ def _insert_finished(connection: duckdb.DuckDBPyConnection, batch: SpanBatch) ->
             connection.execute(f"INSERT INTO {name} SELECT * FROM _child_batch")
         else:
             connection.execute(
-                f"""
-                INSERT INTO {name} SELECT c.* FROM _child_batch c
-                WHERE NOT EXISTS (
-                    SELECT 1 FROM {name} x
-                    WHERE x.span_id = c.span_id AND x.trace_id = c.trace_id AND x.{key} = c.{key}
-                )
-                """
+                f"INSERT INTO {name} SELECT c.* FROM _child_batch c SEMI JOIN _new_spans n "
+                "ON n.span_id = c.span_id AND n.trace_id = c.trace_id"
             )
         connection.unregister("_child_batch")
+    connection.execute("DROP TABLE _new_spans")
     connection.register("_ended", spans.select(["trace_id", "span_id"]))
     connection.execute(
         "DELETE FROM running_spans r USING _ended e WHERE r.span_id = e.span_id AND r.trace_id = e.trace_id"

@@ -175,7 +175,7 @@ class DropReporter:
             parts.append(f"and {live} live 'running' row(s) not written")
         logger.warning(
             "otel-workflow dropped %d span(s): %s; %d dropped since start. "
-            "Further drops are reported at most every %.0fs.",
+            "Further drops are reported at most every %gs.",
             count,
             "; ".join(parts),
             total,
