@@ -33,7 +33,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_workflow import queries
 from otel_workflow.rows import RunningRecord, SpanBatch, SpanConverter, running_table
-from otel_workflow.schema import SchemaVersionError, derive, ensure_schema
+from otel_workflow.schema import SchemaVersionError, derive, ensure_schema, rebuild_derived
 from otel_workflow.writer import BackgroundWriter, RetryLater
 
 logger = logging.getLogger("otel_workflow")
@@ -399,6 +399,24 @@ class TraceStore:
                     self._memory.close()
                 else:
                     _inherited_memory.append(self._memory)
+
+    def rebuild_derived(self) -> None:
+        """Recompute the `executions` and `steps` tables from the raw spans, in one transaction.
+
+        They are kept up to date at ingest; this is for a database whose derived rows were
+        lost or written by an older version. Flushes queued spans first.
+        """
+        if self.read_only:
+            raise StoreError("this TraceStore was opened read-only")
+        self.flush()
+        with self._connect(read_only=False) as connection:
+            connection.execute("BEGIN TRANSACTION")
+            try:
+                rebuild_derived(connection)
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
 
     def _write_batch(
         self,

@@ -308,3 +308,23 @@ def test_io_is_stored_when_capture_is_on_and_logs_omit_the_payload(traced: Trace
     assert any(m.startswith("Step input recorded") for m in logs)
     assert any(m.startswith("Step output recorded") for m in logs)
     assert not any("items" in m for m in logs)
+
+
+def test_derived_tables_rebuild_from_the_raw_spans_alone(traced: Traced) -> None:
+    with traced.wf.execution(trigger_type="POST /orders"):
+        with traced.wf.step("validate"), traced.wf.step("nested"):
+            pass
+        with pytest.raises(ValueError), traced.wf.step("charge"):
+            raise ValueError("boom")
+    traced.sync()
+    query_executions = "SELECT * FROM executions ORDER BY id"
+    query_steps = "SELECT * FROM steps ORDER BY id"
+    executions, steps = traced.store.sql(query_executions), traced.store.sql(query_steps)
+    assert len(executions) == 1 and len(steps) == 3
+    assert {row[2]: row[6] for row in steps}["nested"] == {row[2]: row[0] for row in steps}["validate"]
+    traced.store.sql("DELETE FROM steps")
+    traced.store.sql("DELETE FROM executions")
+    assert traced.store.sql("SELECT count(*) FROM execution_steps") == [(0,)]
+    traced.store.rebuild_derived()
+    assert traced.store.sql(query_executions) == executions
+    assert traced.store.sql(query_steps) == steps
