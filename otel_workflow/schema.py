@@ -170,28 +170,33 @@ WHERE workflow_role = 'step'
 _INTERRUPTED: Final = "'interrupted: the process shut down before this span ended'"
 
 _VIEWS: Final = f"""
-CREATE OR REPLACE VIEW workflow_executions AS
+-- `workflow_executions` is the union of the two halves below. A "newest N" query over the union cannot use
+-- DuckDB's late materialisation and read every column of every matching row (60 ms for the newest 50
+-- failed of 830k executions); over each half it reads the sort key only (5 ms), so the read API asks each
+-- half for its newest N and merges them (queries.list_executions).
+CREATE OR REPLACE VIEW ended_executions AS
 SELECT id, workflow_id, trigger_type, status, triggered_by, started_at, completed_at, duration_ms,
        error_message,
        json_object('config_version', config_version,
                    'explicit_trace', coalesce(capture_io, false),
                    'capture_io', coalesce(capture_io, false)) AS metadata,
        trace_id, span_id, service_name, NULL::VARCHAR AS current_step, trigger_data
-FROM executions
-UNION ALL
-SELECT r.execution_id,
+FROM executions;
+
+CREATE OR REPLACE VIEW running_executions AS
+SELECT r.execution_id AS id,
        r.workflow_id,
        r.trigger_type,
-       CASE WHEN r.interrupted_at IS NULL THEN 'running' ELSE 'failed' END,
+       CASE WHEN r.interrupted_at IS NULL THEN 'running' ELSE 'failed' END AS status,
        r.triggered_by,
-       r.start_time,
-       NULL::TIMESTAMPTZ,
-       NULL::DOUBLE,
-       CASE WHEN r.interrupted_at IS NOT NULL THEN {_INTERRUPTED} END,
+       r.start_time AS started_at,
+       NULL::TIMESTAMPTZ AS completed_at,
+       NULL::DOUBLE AS duration_ms,
+       CASE WHEN r.interrupted_at IS NOT NULL THEN {_INTERRUPTED} END AS error_message,
        json_object('config_version', r.config_version,
                    'explicit_trace', coalesce(r.capture_io, false),
-                   'capture_io', coalesce(r.capture_io, false)),
-       r.trace_id, r.span_id, r.service_name, cur.step_name, NULL::JSON
+                   'capture_io', coalesce(r.capture_io, false)) AS metadata,
+       r.trace_id, r.span_id, r.service_name, cur.step_name AS current_step, NULL::JSON AS trigger_data
 FROM running_spans r
 LEFT JOIN (
     -- The step a running execution is on: its latest-started step that is still running.
@@ -201,6 +206,11 @@ LEFT JOIN (
     GROUP BY execution_id
 ) cur ON r.interrupted_at IS NULL AND cur.execution_id = r.execution_id
 WHERE r.workflow_role = 'execution';
+
+CREATE OR REPLACE VIEW workflow_executions AS
+SELECT * FROM ended_executions
+UNION ALL
+SELECT * FROM running_executions;
 
 CREATE OR REPLACE VIEW execution_steps AS
 SELECT id, execution_id, step_name, step_type, status, sequence_num, parent_step_id, started_at,
