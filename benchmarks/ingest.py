@@ -1,0 +1,150 @@
+"""How many spans per second does `DuckDBSpanExporter.export()` store, against the alternatives?
+
+Run from the repository root:
+
+    . .venv/bin/activate
+    python benchmarks/ingest.py                    # 100,000 spans, median of 3; about a minute
+    python benchmarks/ingest.py --spans 200000 --repeat 5
+
+The same batches (512 finished spans from the real SDK, each with 10 attributes and 1 event; one in
+twelve is a `workflow.execute` span and ten in twelve are `workflow.step.*` spans, like a pipeline)
+go through, in this process, one after the other:
+
+- `ours`: `DuckDBSpanExporter(TraceStore(file)).export(batch)` for every batch, then
+  `force_flush()`: span objects to committed rows (conversion, raw tables, derived executions and
+  steps), the way the BatchSpanProcessor's worker drives it.
+- `otlp-encode`: the standard OTLP exporter's protobuf encoding of the same batches
+  (`encode_spans(batch).SerializeToString()`), without sending: the work every OTLP user already pays.
+- `sqlite-rows`: the same rows (`otel_workflow.rows` conversion) inserted into SQLite one `INSERT`
+  per row, one transaction per batch (the old Go tracker's way), on a file.
+
+Targets (issue 5): ours >= 100,000 spans/s, >= 4x otlp-encode, not slower than sqlite-rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import sqlite3
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from importlib.metadata import version
+from pathlib import Path
+
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from otel_workflow import DuckDBSpanExporter, TraceStore, WorkflowTracer
+from otel_workflow.rows import SpanConverter
+
+BATCH = 512
+
+
+def make_spans(count: int) -> list[ReadableSpan]:
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "orders"}), shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    wf = WorkflowTracer("orders", tracer_provider=provider)
+    tracer = provider.get_tracer("bench")
+    made = 0
+    while made < count:
+        with wf.execution(trigger_type="POST /orders", triggered_by="alice@example.com"):
+            for step in range(10):
+                with wf.step(f"step-{step}") as handle:
+                    handle.span.set_attributes({f"attr.{k}": f"value-{k}-{made}" for k in range(7)})
+                    handle.span.add_event("progress", {"done": step, "of": 10})
+            with tracer.start_as_current_span("GET /inventory") as http:
+                http.set_attributes({f"http.attr.{k}": k for k in range(10)})
+                http.add_event("response", {"status": 200})
+        made += 12
+    spans = list(memory.get_finished_spans())[:count]
+    provider.shutdown()
+    return spans
+
+
+def batches(spans: Sequence[ReadableSpan]) -> list[Sequence[ReadableSpan]]:
+    return [spans[i : i + BATCH] for i in range(0, len(spans), BATCH)]
+
+
+def run_ours(work: list[Sequence[ReadableSpan]], folder: Path) -> None:
+    store = TraceStore(folder / f"ours-{time.monotonic_ns()}.duckdb", max_queued_spans=10_000_000)
+    exporter = DuckDBSpanExporter(store)
+    for batch in work:
+        exporter.export(batch)
+    assert exporter.force_flush(600_000)
+    assert store.dropped_spans == 0
+    store.close()
+
+
+def run_otlp_encode(work: list[Sequence[ReadableSpan]], folder: Path) -> None:
+    for batch in work:
+        encode_spans(batch).SerializeToString()
+
+
+def run_sqlite(work: list[Sequence[ReadableSpan]], folder: Path) -> None:
+    converter = SpanConverter()
+    connection = sqlite3.connect(folder / f"sqlite-{time.monotonic_ns()}.db")
+    columns = [field.name for field in converter.finished(work[0]).spans.schema]
+    connection.execute(f"CREATE TABLE spans ({', '.join(columns)}, PRIMARY KEY (trace_id, span_id))")
+    connection.execute(
+        "CREATE TABLE span_events (trace_id, span_id, event_index, name, timestamp, attributes)"
+    )
+    insert_span = f"INSERT OR REPLACE INTO spans VALUES ({', '.join('?' for _ in columns)})"
+    for batch in work:
+        tables = converter.finished(batch)
+        with connection:
+            for row in zip(*(column.to_pylist() for column in tables.spans.columns), strict=True):
+                connection.execute(insert_span, row)
+            for row in zip(*(column.to_pylist() for column in tables.events.columns), strict=True):
+                connection.execute("INSERT INTO span_events VALUES (?, ?, ?, ?, ?, ?)", row)
+    connection.close()
+
+
+METHODS: dict[str, Callable[[list[Sequence[ReadableSpan]], Path], None]] = {
+    "ours": run_ours,
+    "otlp-encode": run_otlp_encode,
+    "sqlite-rows": run_sqlite,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--spans", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    print(
+        f"python {platform.python_version()}, opentelemetry-sdk {version('opentelemetry-sdk')}, "
+        f"duckdb {version('duckdb')}, sqlite {sqlite3.sqlite_version}, {os.cpu_count()} CPUs"
+    )
+    spans = make_spans(args.spans)
+    work = batches(spans)
+    # The generated spans live for the whole run; keep the cyclic GC from re-walking them in every method.
+    gc.collect()
+    gc.freeze()
+    rates: dict[str, list[float]] = {name: [] for name in METHODS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(args.repeat):
+            names = list(METHODS)
+            for name in names[rep % len(names) :] + names[: rep % len(names)]:
+                start = time.perf_counter()
+                METHODS[name](work, Path(tmp))
+                rates[name].append(len(spans) / (time.perf_counter() - start))
+    median = {name: statistics.median(values) for name, values in rates.items()}
+    print(f"\n{len(spans):,} spans in batches of {BATCH}, median of {args.repeat}")
+    for name, rate in median.items():
+        print(f"  {name:<14}{rate:>12,.0f} spans/s")
+    print(f"  ours / otlp-encode   {median['ours'] / median['otlp-encode']:.2f}x  (target >= 4x)")
+    print(f"  ours / sqlite-rows   {median['ours'] / median['sqlite-rows']:.2f}x  (target >= 1x)")
+
+
+if __name__ == "__main__":
+    main()

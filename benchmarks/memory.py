@@ -1,0 +1,138 @@
+"""How much memory does the full setup take while spans flow, and does it stay bounded under overload?
+
+Run from the repository root:
+
+    . .venv/bin/activate
+    python benchmarks/memory.py                      # about 3 minutes on 2 vCPUs
+    python benchmarks/memory.py --spans 300000       # shorter
+
+Each scenario runs in a fresh Python process (so one scenario's heap cannot hide in another's) and
+reports its resident set size (RSS, from /proc/self/status) before, at its peak (sampled every 50 ms
+by a thread), and at the end, with what was stored and what was dropped:
+
+- `flow`: `--spans` spans (executions of 10 steps) through WorkflowSpanProcessor(store) +
+  BatchSpanProcessor(DuckDBSpanExporter(store)) with the SDK's default queue, the application pacing
+  itself to what the BatchSpanProcessor accepts (as a real service would be paced by its work).
+- `overload`: the application produces spans as fast as it can, with a small store queue
+  (`max_queued_spans=20,000`) and a big BatchSpanProcessor queue, so the writer cannot keep up: RSS must
+  stay bounded and the drop count must say what was lost.
+- `baseline`: the same process with the SDK and no processor, producing the same spans (the floor).
+- `10m`: a store opened on a database that already holds `--big` spans (made by benchmarks/queries.py's
+  generator) while 100,000 more are ingested: RSS at a large database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+_SCENARIO = r"""
+import json, os, sys, threading, time
+from pathlib import Path
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from otel_workflow import DuckDBSpanExporter, TraceStore, WorkflowSpanProcessor, WorkflowTracer
+
+def rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+peak = [rss_mb()]
+stop = threading.Event()
+def sample():
+    while not stop.wait(0.05):
+        peak[0] = max(peak[0], rss_mb())
+threading.Thread(target=sample, daemon=True).start()
+
+scenario, spans, db = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+before = rss_mb()
+provider = TracerProvider(shutdown_on_exit=False)
+store = None
+if scenario in ("flow", "overload", "10m"):
+    store = TraceStore(db, max_queued_spans=20_000 if scenario == "overload" else 200_000)
+    provider.add_span_processor(WorkflowSpanProcessor(store))
+    queue = 1_000_000 if scenario == "overload" else 2048
+    provider.add_span_processor(BatchSpanProcessor(DuckDBSpanExporter(store), max_queue_size=queue))
+wf = WorkflowTracer("bench", tracer_provider=provider)
+start = time.perf_counter()
+made = 0
+while made < spans:
+    with wf.execution():
+        for step in range(10):
+            with wf.step("step") as handle:
+                handle.span.set_attributes({"a": step, "b": "x" * 20})
+    made += 11
+    if scenario in ("flow", "10m") and made % 2200 == 0:
+        # Pace like a service doing real work: let the export pipeline keep up.
+        time.sleep(0.02)
+elapsed = time.perf_counter() - start
+provider.shutdown()
+stored = dropped = 0
+if store is not None:
+    store.close()
+    dropped = store.dropped_spans
+    reader = TraceStore(db, read_only=True)
+    stored = reader.sql("SELECT count(*) FROM spans")[0][0]
+stop.set()
+print(json.dumps({"before": before, "peak": peak[0], "after": rss_mb(), "made": made, "stored": stored,
+                  "dropped": dropped, "seconds": elapsed}))
+"""
+
+
+def run(scenario: str, spans: int, db: Path) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, "-c", _SCENARIO, scenario, str(spans), str(db)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--spans", type=int, default=1_000_000)
+    parser.add_argument("--big", type=int, default=10_000_000, help="spans already stored in the 10m case")
+    parser.add_argument("--skip-big", action="store_true")
+    args = parser.parse_args()
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; RSS in MB")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        scenarios = [("baseline", args.spans), ("flow", args.spans), ("overload", args.spans)]
+        for name, spans in scenarios:
+            result = run(name, spans, folder / f"{name}.duckdb")
+            print(
+                f"  {name:<10} made {result['made']:>10,.0f}  stored {result['stored']:>10,.0f}  "
+                f"dropped {result['dropped']:>10,.0f}  RSS before {result['before']:>6.0f}  "
+                f"peak {result['peak']:>6.0f}  after {result['after']:>6.0f}  ({result['seconds']:.0f} s)"
+            )
+        if not args.skip_big:
+            sys.path.insert(0, str(Path(__file__).parent))
+            import duckdb  # noqa: PLC0415
+            from queries import generate  # noqa: PLC0415
+
+            from otel_workflow.schema import ensure_schema  # noqa: PLC0415
+
+            big = folder / "big.duckdb"
+            with duckdb.connect(str(big)) as connection:
+                ensure_schema(connection)
+                generate(connection, args.big)
+            result = run("10m", 100_000, big)
+            print(
+                f"  {args.big:,} stored, then 100,000 more ingested: RSS peak {result['peak']:.0f} MB, "
+                f"after {result['after']:.0f} MB, dropped {result['dropped']:,.0f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
