@@ -856,5 +856,42 @@ def prune(db_path: str, as_json: bool, older_than: timedelta, dry_run: bool) -> 
     )
 
 
+@main.command()
+@db_option
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default)."
+)
+@click.option(
+    "--port", default=4318, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port."
+)
+@click.option(
+    "--token",
+    envvar="OTEL_WORKFLOW_TOKEN",
+    default=None,
+    help="Bearer token required for ingest and reads (or $OTEL_WORKFLOW_TOKEN, which keeps it out of `ps`).",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+)
+@friendly_errors
+def serve(db_path: str, host: str, port: int, token: str | None, log_level: str) -> None:
+    """Receive OTLP/HTTP spans from any process or language into the database (POST /v1/traces).
+
+    Also serves the read API as JSON under /api. Needs the `collector` extra:
+    pip install 'otel-workflow[collector]'.
+    """
+    try:
+        # Imported here: starlette and uvicorn are an optional extra that only this command needs.
+        from otel_workflow.collector import serve as run_collector  # noqa: PLC0415
+    except ImportError as exc:
+        raise click.ClickException(
+            f"{_first_line(exc)}: install the collector extra, pip install 'otel-workflow[collector]'"
+        ) from exc
+    run_collector(db_path, host, port, token, log_level=log_level)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -1,0 +1,443 @@
+"""OTLP trace requests (protobuf or JSON) decoded into the SDK's `ReadableSpan` objects.
+
+The collector hands what it receives to `TraceStore.submit_spans`, the very
+call the in-process exporter makes, so spans that arrive over OTLP go through
+the one conversion (`rows.SpanConverter`) and give the same `spans`,
+`workflow_executions`, `execution_steps` and `execution_logs` rows as spans
+exported in-process. This module only rebuilds the SDK objects: `Resource`,
+`InstrumentationScope`, `SpanContext` (with trace flags and remote bit),
+parent, kind, `Status`, `Event`, `Link`, times and dropped counts.
+
+Input is untrusted. `decode_protobuf` and `decode_json` raise `DecodeError`
+for a body that is not an `ExportTraceServiceRequest`, and nothing else; a
+request that decodes but holds spans with invalid ids is accepted without
+them, and they are counted (`DecodedTraces.rejected`) for the OTLP partial
+success response.
+
+Attribute values keep their OTLP shape where the SDK's own types cannot hold
+them (other SDKs send maps and byte strings): `kvlist_value` becomes a dict,
+`array_value` a tuple (the SDK's sequence type), `bytes_value` a base64 string
+(its OTLP/JSON form), so they are stored as JSON, not lost. Resource and scope
+attributes go through the SDK's validation, which accepts only primitives and
+sequences of them, so their maps, byte strings and mixed arrays are stored as
+JSON text.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from google.protobuf import json_format
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTracePartialSuccess,
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource as PbResource
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope as SdkScope
+from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags, TraceState
+from opentelemetry.trace.status import Status, StatusCode
+
+__all__ = [
+    "DecodeError",
+    "DecodedTraces",
+    "ReceivedSpan",
+    "decode_json",
+    "decode_protobuf",
+    "parse_json",
+    "parse_protobuf",
+    "response_json",
+    "response_protobuf",
+    "to_readable_spans",
+]
+
+# OTLP's SpanKind (trace.proto) -> the SDK's; 0 (UNSPECIFIED) and unknown values are INTERNAL,
+# which is what the SDK itself defaults to.
+_KINDS: Final = {
+    1: SpanKind.INTERNAL,
+    2: SpanKind.SERVER,
+    3: SpanKind.CLIENT,
+    4: SpanKind.PRODUCER,
+    5: SpanKind.CONSUMER,
+}
+_STATUS: Final = {1: StatusCode.OK, 2: StatusCode.ERROR}
+
+# Span.flags / Link.flags (trace.proto): bits 0-7 are the W3C trace flags; bit 8 says whether bit 9
+# (the parent or linked context is remote) is known.
+_TRACE_FLAGS_MASK: Final = 0xFF
+_HAS_IS_REMOTE: Final = 0x100
+_IS_REMOTE: Final = 0x200
+
+# How many reasons for rejected spans the partial success message names (one per distinct reason).
+_MAX_REASONS: Final = 5
+
+# Resources repeat in every request from the same process: one SDK object per distinct resource lets
+# the converter describe it once (it caches by identity). Bounded, so a client cannot grow it.
+_RESOURCE_CACHE_SIZE: Final = 256
+
+
+class DecodeError(ValueError):
+    """The body is not an OTLP `ExportTraceServiceRequest` in the encoding it claims (HTTP 400)."""
+
+
+class ReceivedSpan(ReadableSpan):
+    """A `ReadableSpan` rebuilt from OTLP, carrying the dropped counts the sender reported.
+
+    The SDK's `ReadableSpan` derives its dropped counts from its own bounded
+    containers; a span that crossed the wire has the sender's numbers instead.
+    """
+
+    def __init__(
+        self,
+        *,
+        dropped_attributes: int = 0,
+        dropped_events: int = 0,
+        dropped_links: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._received_dropped = (dropped_attributes, dropped_events, dropped_links)
+
+    @property
+    def dropped_attributes(self) -> int:
+        return self._received_dropped[0]
+
+    @property
+    def dropped_events(self) -> int:
+        return self._received_dropped[1]
+
+    @property
+    def dropped_links(self) -> int:
+        return self._received_dropped[2]
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedTraces:
+    """What one request held: the spans to store, and how many were rejected and why."""
+
+    spans: list[ReadableSpan]
+    rejected: int = 0
+    error_message: str = ""
+
+
+# -- parsing ---------------------------------------------------------------------------------------
+
+
+def parse_protobuf(body: bytes) -> ExportTraceServiceRequest:
+    """The request in a binary protobuf body; `DecodeError` if it is not one."""
+    request = ExportTraceServiceRequest()
+    try:
+        request.ParseFromString(body)
+    except Exception as exc:  # protobuf's DecodeError, and whatever else a hostile body may provoke
+        raise DecodeError(f"the body is not a protobuf ExportTraceServiceRequest: {_short(exc)}") from exc
+    return request
+
+
+def parse_json(body: bytes | str) -> ExportTraceServiceRequest:
+    """The request in an OTLP/JSON body; `DecodeError` if it is not one.
+
+    OTLP/JSON is the protobuf JSON mapping with OTLP's differences: trace and
+    span ids are hex (not base64), enums are integers (names are accepted too),
+    and unknown fields are ignored, as the specification requires of receivers.
+    Keys may be lowerCamelCase or the proto's snake_case.
+    """
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # ValueError covers bad UTF-8 as well as bad JSON
+        raise DecodeError(f"the body is not JSON: {_short(exc)}") from exc
+    if not isinstance(document, dict):
+        raise DecodeError("the body is not an OTLP/JSON ExportTraceServiceRequest: expected a JSON object")
+    _hex_ids_to_base64(document)
+    request = ExportTraceServiceRequest()
+    try:
+        json_format.ParseDict(document, request, ignore_unknown_fields=True)
+    except (
+        Exception
+    ) as exc:  # ParseError mostly; the parser documents no complete list, and a bad body is a 400
+        raise DecodeError(f"the body is not an OTLP/JSON ExportTraceServiceRequest: {_short(exc)}") from exc
+    return request
+
+
+def _hex_ids_to_base64(document: dict[str, Any]) -> None:
+    """Rewrite OTLP/JSON's hex ids into the base64 the protobuf JSON parser expects (in place).
+
+    An id that is not valid hex becomes empty, so that its span is rejected by id
+    validation (and counted) instead of failing the whole request.
+    """
+    for resource_spans in _dicts(_field(document, "resourceSpans", "resource_spans")):
+        for scope_spans in _dicts(_field(resource_spans, "scopeSpans", "scope_spans")):
+            for span in _dicts(_field(scope_spans, "spans")):
+                _rewrite_id(span, "traceId", "trace_id")
+                _rewrite_id(span, "spanId", "span_id")
+                _rewrite_id(span, "parentSpanId", "parent_span_id")
+                for link in _dicts(_field(span, "links")):
+                    _rewrite_id(link, "traceId", "trace_id")
+                    _rewrite_id(link, "spanId", "span_id")
+
+
+def _field(obj: dict[str, Any], *names: str) -> Any:
+    for name in names:
+        if name in obj:
+            return obj[name]
+    return None
+
+
+def _dicts(value: Any) -> Iterable[dict[str, Any]]:
+    # Anything not shaped as expected is left for the protobuf parser to refuse.
+    if isinstance(value, list):
+        return (item for item in value if isinstance(item, dict))
+    return ()
+
+
+def _rewrite_id(obj: dict[str, Any], *names: str) -> None:
+    for name in names:
+        value = obj.get(name)
+        if isinstance(value, str):
+            try:
+                raw = bytes.fromhex(value)
+            except ValueError:
+                raw = b""
+            obj[name] = base64.b64encode(raw).decode("ascii")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+# -- conversion ------------------------------------------------------------------------------------
+
+
+def decode_protobuf(body: bytes) -> DecodedTraces:
+    """Spans of a binary protobuf `ExportTraceServiceRequest`; `DecodeError` if it is not one."""
+    return to_readable_spans(parse_protobuf(body))
+
+
+def decode_json(body: bytes | str) -> DecodedTraces:
+    """Spans of an OTLP/JSON `ExportTraceServiceRequest`; `DecodeError` if it is not one."""
+    return to_readable_spans(parse_json(body))
+
+
+def to_readable_spans(request: ExportTraceServiceRequest) -> DecodedTraces:
+    """The SDK spans of a parsed request; spans with invalid ids are left out and counted."""
+    spans: list[ReadableSpan] = []
+    rejected = 0
+    reasons: dict[str, None] = {}
+    for resource_spans in request.resource_spans:
+        resource = _resource(resource_spans.resource, resource_spans.schema_url)
+        for scope_spans in resource_spans.scope_spans:
+            scope = _scope(scope_spans.scope, scope_spans.schema_url)
+            for span in scope_spans.spans:
+                try:
+                    spans.append(_span(span, resource, scope))
+                except _Rejected as exc:
+                    rejected += 1
+                    reasons.setdefault(str(exc))
+                except Exception as exc:  # a span we cannot rebuild costs only itself, never the request
+                    rejected += 1
+                    reasons.setdefault(f"span could not be decoded: {_short(exc)}")
+    message = "; ".join(list(reasons)[:_MAX_REASONS])
+    return DecodedTraces(spans, rejected, message)
+
+
+class _Rejected(Exception):
+    """This span is invalid (the message says why); the rest of the request is kept."""
+
+
+def _id(raw: bytes, size: int, what: str) -> int:
+    if len(raw) != size:
+        raise _Rejected(f"{what} must be {size} bytes, got {len(raw)}")
+    value = int.from_bytes(raw, "big")
+    if value == 0:
+        raise _Rejected(f"{what} is all zeros (invalid)")
+    return value
+
+
+def _span(span: PbSpan, resource: Resource, scope: SdkScope) -> ReceivedSpan:
+    trace_id = _id(span.trace_id, 16, "trace_id")
+    span_id = _id(span.span_id, 8, "span_id")
+    flags = span.flags
+    trace_state = _trace_state(span.trace_state)
+    context = SpanContext(
+        trace_id,
+        span_id,
+        is_remote=False,
+        trace_flags=TraceFlags(flags & _TRACE_FLAGS_MASK),
+        trace_state=trace_state,
+    )
+    parent: SpanContext | None = None
+    raw_parent = span.parent_span_id
+    # An all-zero parent id is how some SDKs write "no parent".
+    if raw_parent and any(raw_parent):
+        parent = SpanContext(
+            trace_id,
+            _id(raw_parent, 8, "parent_span_id"),
+            is_remote=_is_remote(flags),
+            trace_flags=TraceFlags(flags & _TRACE_FLAGS_MASK),
+        )
+    events = [
+        Event(event.name, _attributes(event.attributes), timestamp=event.time_unix_nano)
+        for event in span.events
+    ]
+    links: list[Link] = []
+    invalid_links = 0
+    for link in span.links:
+        if len(link.trace_id) != 16 or len(link.span_id) != 8:
+            # An unusable link is counted as dropped, as the SDK counts links it could not keep.
+            invalid_links += 1
+            continue
+        linked = SpanContext(
+            int.from_bytes(link.trace_id, "big"),
+            int.from_bytes(link.span_id, "big"),
+            is_remote=_is_remote(link.flags),
+            trace_flags=TraceFlags(link.flags & _TRACE_FLAGS_MASK),
+            trace_state=_trace_state(link.trace_state),
+        )
+        links.append(Link(linked, _attributes(link.attributes)))
+    code = _STATUS.get(span.status.code, StatusCode.UNSET)
+    # The SDK keeps a description only on ERROR (and warns otherwise): do as it does, without the warning.
+    description = span.status.message if code is StatusCode.ERROR and span.status.message else None
+    return ReceivedSpan(
+        name=span.name,
+        context=context,
+        parent=parent,
+        resource=resource,
+        attributes=_attributes(span.attributes),
+        events=events,
+        links=links,
+        kind=_KINDS.get(span.kind, SpanKind.INTERNAL),
+        status=Status(code, description),
+        start_time=span.start_time_unix_nano,
+        end_time=span.end_time_unix_nano,
+        instrumentation_scope=scope,
+        dropped_attributes=span.dropped_attributes_count,
+        dropped_events=span.dropped_events_count,
+        dropped_links=span.dropped_links_count + invalid_links,
+    )
+
+
+def _is_remote(flags: int) -> bool:
+    return bool(flags & _HAS_IS_REMOTE) and bool(flags & _IS_REMOTE)
+
+
+_EMPTY_TRACE_STATE: Final = TraceState()
+
+
+def _trace_state(header: str) -> TraceState:
+    if not header:
+        return _EMPTY_TRACE_STATE
+    entries: list[tuple[str, str]] = []
+    for member in header.split(","):
+        key, sep, value = member.strip().partition("=")
+        if sep and key and value:
+            entries.append((key, value))
+    try:
+        # TraceState validates keys and values; an invalid header is not worth losing the span for.
+        return TraceState(entries)
+    except Exception:
+        return _EMPTY_TRACE_STATE
+
+
+def _any_value(value: AnyValue) -> Any:
+    kind = value.WhichOneof("value")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "int_value":
+        return value.int_value
+    if kind == "double_value":
+        return value.double_value
+    if kind == "array_value":
+        return tuple(_any_value(item) for item in value.array_value.values)
+    if kind == "kvlist_value":
+        return _attributes(value.kvlist_value.values)
+    if kind == "bytes_value":
+        return base64.b64encode(value.bytes_value).decode("ascii")
+    return None
+
+
+def _attributes(pairs: Sequence[KeyValue]) -> dict[str, Any]:
+    # A repeated key keeps its last value, as setting an SDK attribute twice does.
+    return {pair.key: _any_value(pair.value) for pair in pairs}
+
+
+def _primitive(value: Any) -> Any:
+    """A value the SDK's attribute validation keeps: primitives, homogeneous sequences; else JSON text."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, tuple) and all(isinstance(item, str) for item in value):
+        return value
+    if (
+        isinstance(value, tuple)
+        and value
+        and len({type(item) for item in value}) == 1
+        and isinstance(value[0], bool | int | float)
+    ):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _primitive_attributes(pairs: Sequence[KeyValue]) -> dict[str, Any]:
+    attributes = {key: _primitive(value) for key, value in _attributes(pairs).items()}
+    return {key: value for key, value in attributes.items() if value is not None}
+
+
+_resources: dict[bytes, Resource] = {}
+
+
+def _resource(resource: PbResource, schema_url: str) -> Resource:
+    try:
+        key = resource.SerializeToString(deterministic=True) + b"\x00" + schema_url.encode("utf-8")
+    except Exception:  # the cache is an optimisation: a resource it cannot key is built fresh
+        key = b""
+    found = _resources.get(key) if key else None
+    if found is not None:
+        return found
+    built = Resource(_primitive_attributes(resource.attributes), schema_url or None)
+    if key:
+        if len(_resources) >= _RESOURCE_CACHE_SIZE:
+            _resources.clear()
+        _resources[key] = built
+    return built
+
+
+def _scope(scope: InstrumentationScope, schema_url: str) -> SdkScope:
+    # Unset proto3 strings arrive as "": the SDK has None for an absent version or schema URL.
+    return SdkScope(
+        scope.name,
+        scope.version or None,
+        schema_url or None,
+        _primitive_attributes(scope.attributes) or None,
+    )
+
+
+# -- responses -------------------------------------------------------------------------------------
+
+
+def response_protobuf(rejected: int = 0, error_message: str = "") -> bytes:
+    """The binary `ExportTraceServiceResponse`; `partial_success` is set only when spans were rejected."""
+    response = ExportTraceServiceResponse()
+    if rejected or error_message:
+        response.partial_success.CopyFrom(
+            ExportTracePartialSuccess(rejected_spans=rejected, error_message=error_message)
+        )
+    return response.SerializeToString()
+
+
+def response_json(rejected: int = 0, error_message: str = "") -> dict[str, Any]:
+    """The OTLP/JSON `ExportTraceServiceResponse` (int64 as a string, as the JSON mapping has it)."""
+    if not (rejected or error_message):
+        return {}
+    partial: dict[str, Any] = {"rejectedSpans": str(rejected)}
+    if error_message:
+        partial["errorMessage"] = error_message
+    return {"partialSuccess": partial}

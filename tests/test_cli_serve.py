@@ -1,0 +1,78 @@
+"""`otel-workflow serve` as a user starts it: the real entry point in a subprocess, the real OTLP exporter."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from otel_workflow import TraceStore, WorkflowSpanProcessor, WorkflowTracer
+from otel_workflow.demo import run_demo
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_healthy(base: str, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        try:
+            with urllib.request.urlopen(f"{base}/healthz", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("otel-workflow serve did not become healthy in 30 s")
+
+
+def test_serve_command_stores_otlp_and_answers_the_read_api(tmp_path: Path) -> None:
+    db = tmp_path / "collected.duckdb"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    executable = shutil.which("otel-workflow")
+    assert executable is not None
+    process = subprocess.Popen(
+        [executable, "serve", "--db", str(db), "--port", str(port), "--log-level", "warning"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "OTEL_WORKFLOW_TOKEN"},
+    )
+    try:
+        wait_healthy(base, process)
+        provider = TracerProvider(shutdown_on_exit=False)
+        provider.add_span_processor(WorkflowSpanProcessor())
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{base}/v1/traces")))
+        ids = run_demo(WorkflowTracer("order-pipeline", tracer_provider=provider), 3)
+        provider.shutdown()
+
+        deadline = time.monotonic() + 30
+        listed: list[str] = []
+        while time.monotonic() < deadline and len(listed) < 3:
+            with urllib.request.urlopen(f"{base}/api/executions?limit=10", timeout=5) as response:
+                listed = [row["id"] for row in json.load(response)["executions"]]
+            time.sleep(0.2)
+        assert sorted(listed) == sorted(ids)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+
+    reader = TraceStore(db, read_only=True)
+    statuses = sorted(row.status for row in reader.executions())
+    assert statuses == ["completed", "completed", "failed"]
+    assert reader.sql("SELECT count(*) FROM running_spans") == [(0,)]
