@@ -262,27 +262,39 @@ def _text(value: str | None, style: str = "") -> Text:
 
 
 def render_executions(console: Console, rows: Sequence[ExecutionRow], title: str = "Executions") -> None:
-    """The executions as a table: id, workflow (when several), status, current step, trigger, user, ..."""
+    """The executions as a table. Ids are shortened to 8 characters, like git's: any unique prefix works
+    for `show` and `logs` (`--json` has them whole). Columns no row fills are left out, so the table fits
+    a narrow terminal."""
     show_workflow = len({row.workflow_id for row in rows}) > 1
+    show_current = any(row.current_step for row in rows)
+    show_error = any(row.error_message for row in rows)
     table = Table(title=title, title_justify="left")
-    table.add_column("execution", no_wrap=True)
+    table.add_column("id", no_wrap=True)
     if show_workflow:
         table.add_column("workflow")
-    for column in ("status", "current step", "trigger", "user", "started", "duration"):
-        table.add_column(column, no_wrap=column in ("status", "started", "duration"))
-    table.add_column("error", overflow="fold", ratio=1)
+    table.add_column("status", no_wrap=True)
+    if show_current:
+        table.add_column("current step")
+    for column in ("trigger", "user", "started", "duration"):
+        table.add_column(column, no_wrap=column in ("started", "duration"))
+    if show_error:
+        table.add_column("error", overflow="fold", ratio=1)
     for row in rows:
-        table.add_row(
-            _text(row.id),
-            *([_text(row.workflow_id or "-")] if show_workflow else []),
-            _styled(row.status),
-            _text(row.current_step),
+        cells: list[Text | str] = [_text(row.id[:8])]
+        if show_workflow:
+            cells.append(_text(row.workflow_id or "-"))
+        cells.append(_styled(row.status))
+        if show_current:
+            cells.append(_text(row.current_step))
+        cells += [
             _text(row.trigger_type or "-"),
             _text(row.triggered_by or "-"),
             _time(row.started_at),
             _duration(row.duration_ms),
-            _text(row.error_message, "red"),
-        )
+        ]
+        if show_error:
+            cells.append(_text(row.error_message, "red"))
+        table.add_row(*cells)
     console.print(table)
 
 
