@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-import functools
-import inspect
 import logging
 import math
 import re
@@ -32,8 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 from opentelemetry import baggage
 from opentelemetry import context as otel_context
@@ -42,6 +39,7 @@ from opentelemetry.trace import Span
 from otel_workflow import conventions as cv
 from otel_workflow.payload import MAX_PAYLOAD_BYTES, MIN_LIMIT, PayloadRedactor, serialize_payload
 from otel_workflow.redaction import DEFAULT_SECRET_KEYS, FieldRedactor, KeyPattern, Redactor
+from otel_workflow.scope import Closer, ReusableScope
 
 __all__ = [
     "CAPTURE_IO_BAGGAGE_KEY",
@@ -65,7 +63,6 @@ CAPTURE_IO_BAGGAGE_KEY: Final = "workflow.capture_io"
 #: The event that carries an execution's `trigger_data` (attribute `workflow.io.json`, like step I/O).
 EXECUTION_INPUT_EVENT: Final = cv.EXECUTION_INPUT_EVENT
 
-F = TypeVar("F", bound=Callable[..., Any])
 
 # Set in the context of an execution that holds a capture token, so nested executions do not take another.
 _GRANTED = otel_context.create_key("otel_workflow.capture_granted")
@@ -77,52 +74,16 @@ def io_capture_enabled(context: otel_context.Context | None = None) -> bool:
     return isinstance(value, str) and value.strip().lower() == "true"
 
 
-class capture_io:
-    """Turn I/O capture on for the enclosed block; also a decorator for sync and async functions."""
+class capture_io(ReusableScope[None]):
+    """Turn I/O capture on for the enclosed block; also `async with`, and a decorator for sync and async
+    functions."""
 
-    def __init__(self) -> None:
-        self._tokens: list[object] = []
+    def _open_entry(self) -> tuple[None, Closer]:
+        token = otel_context.attach(baggage.set_baggage(CAPTURE_IO_BAGGAGE_KEY, "true"))
+        return None, lambda exc: otel_context.detach(token)
 
-    def __enter__(self) -> capture_io:
-        ctx = baggage.set_baggage(CAPTURE_IO_BAGGAGE_KEY, "true")
-        self._tokens.append(otel_context.attach(ctx))
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        otel_context.detach(self._tokens.pop())  # type: ignore[arg-type]
-
-    async def __aenter__(self) -> capture_io:
-        return self.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
-
-    def __call__(self, function: F) -> F:
-        if inspect.iscoroutinefunction(function):
-
-            @functools.wraps(function)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                with capture_io():
-                    return await function(*args, **kwargs)
-
-            return async_wrapper  # type: ignore[return-value]
-
-        @functools.wraps(function)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with capture_io():
-                return function(*args, **kwargs)
-
-        return wrapper  # type: ignore[return-value]
+    def _fresh(self) -> capture_io:
+        return capture_io()
 
 
 # -- policy ---------------------------------------------------------------------------------------

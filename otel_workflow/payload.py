@@ -55,6 +55,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from otel_workflow.redaction import REDACTED, Redactor
+from otel_workflow.text import utf8
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
@@ -83,17 +84,6 @@ PayloadRedactor = Callable[[Any], Any]
 _INT64 = 2**63
 _PLAIN_CONTAINERS = frozenset({dict, list, tuple})
 _NON_RECORDS = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.ModuleType, type)
-
-
-def _utf8(text: str) -> str:
-    """`text`, with lone surrogates (which UTF-8 cannot encode) replaced."""
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode("utf-8")
-    return text
 
 
 def _type_name(obj: object) -> str:
@@ -171,7 +161,7 @@ class _Walker:
             tail = value[self.text_cap :]
             self.elided_bytes += len(json.dumps(tail, ensure_ascii=False).encode("utf-8", "replace")) - 2
             value = value[: self.text_cap]
-        value = _utf8(value)
+        value = utf8(value)
         return self.redactor.scrub_text(value) if self.redactor is not None else value
 
     def integer(self, value: int) -> int | str:

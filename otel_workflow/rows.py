@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 
 from otel_workflow import conventions as cv
+from otel_workflow.text import utf8
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -110,17 +111,6 @@ _STATUS_NAMES = {StatusCode.UNSET: "UNSET", StatusCode.OK: "OK", StatusCode.ERRO
 
 
 _COMPACT = (",", ":")
-
-
-def utf8(text: str) -> str:
-    """`text` itself, or with lone surrogates replaced so that it encodes as UTF-8."""
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode("utf-8")
-    return text
 
 
 def _json_safe(value: Any) -> Any:

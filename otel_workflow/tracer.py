@@ -10,13 +10,10 @@ span failed (status ERROR with an `exception` event) and is re-raised.
 from __future__ import annotations
 
 import contextvars
-import functools
-import inspect
 import logging
 import uuid
-from collections.abc import Callable, Mapping
-from types import TracebackType
-from typing import Any, Generic, TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -32,10 +29,10 @@ from otel_workflow.capture import (
     io_capture_enabled,
     record_payload,
 )
+from otel_workflow.scope import Closer, ReusableScope
 
 __all__ = ["Execution", "ExecutionScope", "Step", "StepScope", "WorkflowTracer"]
 
-F = TypeVar("F", bound=Callable[..., Any])
 H = TypeVar("H", "Execution", "Step")
 
 _INSTRUMENTATION_NAME = "otel_workflow"
@@ -115,88 +112,36 @@ _current_step: contextvars.ContextVar[Step | None] = contextvars.ContextVar(
 )
 
 
-class _SpanScope(Generic[H]):
+class _SpanScope(ReusableScope[H]):
     """One `with` block or decorated call: starts a span on entry and ends it on exit."""
 
-    def __init__(self) -> None:
-        # Open entries live in a context variable, not on the object: one scope object entered by
-        # overlapping asyncio tasks or threads (a shared decorator or `validate = wf.step(...)`)
-        # must end each task's own span.
-        self._open: contextvars.ContextVar[tuple[tuple[Any, object, contextvars.Token[Any]], ...]] = (
-            contextvars.ContextVar("otel_workflow_open_scope", default=())
-        )
-
     def _start(self) -> tuple[H, contextvars.Token[Any]]:
-        raise NotImplementedError
-
-    def _fresh(self) -> _SpanScope[H]:
         raise NotImplementedError
 
     def _block_context(self, handle: H) -> otel_context.Context:
         """The context the block runs in: the current one with the handle's span."""
         return trace.set_span_in_context(handle.span)
 
-    def __enter__(self) -> H:
+    def _open_entry(self) -> tuple[H, Closer]:
         handle, var_token = self._start()
         context_token = otel_context.attach(self._block_context(handle))
-        self._open.set((*self._open.get(), (handle, context_token, var_token)))
-        return handle
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        entries = self._open.get()
-        handle, context_token, var_token = entries[-1]
-        self._open.set(entries[:-1])
-        span = handle.span
-        try:
-            if exc is not None:
-                span.record_exception(exc, escaped=True)
-                message = str(exc)
-                span.set_status(
-                    Status(
-                        StatusCode.ERROR,
-                        f"{type(exc).__name__}: {message}" if message else type(exc).__name__,
-                    )
-                )
-            else:
-                span.set_status(Status(StatusCode.OK))
-            span.end()
-        finally:
-            otel_context.detach(context_token)  # type: ignore[arg-type]
-            var_token.var.reset(var_token)
+        def close(exc: BaseException | None) -> None:
+            span = handle.span
+            try:
+                if exc is not None:
+                    span.record_exception(exc, escaped=True)
+                    message = str(exc)
+                    name = type(exc).__name__
+                    span.set_status(Status(StatusCode.ERROR, f"{name}: {message}" if message else name))
+                else:
+                    span.set_status(Status(StatusCode.OK))
+                span.end()
+            finally:
+                otel_context.detach(context_token)
+                var_token.var.reset(var_token)
 
-    async def __aenter__(self) -> H:
-        return self.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
-
-    def __call__(self, function: F) -> F:
-        """Decorate a function: each call runs in a new span of this kind."""
-        if inspect.iscoroutinefunction(function):
-
-            @functools.wraps(function)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                async with self._fresh():
-                    return await function(*args, **kwargs)
-
-            return async_wrapper  # type: ignore[return-value]
-
-        @functools.wraps(function)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with self._fresh():
-                return function(*args, **kwargs)
-
-        return wrapper  # type: ignore[return-value]
+        return handle, close
 
 
 class ExecutionScope(_SpanScope[Execution]):

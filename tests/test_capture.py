@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterator
@@ -323,3 +324,20 @@ def test_logs_never_carry_the_trigger_payload(service: Service) -> None:
         pass
     service.finish()
     assert SENTINEL not in repr(service.rows("SELECT * FROM execution_logs"))
+
+
+def test_one_capture_io_object_shared_by_overlapping_tasks() -> None:
+    """Each task leaves its own entry: the switch is off again in each task after its block."""
+    shared = capture_io()
+
+    async def task(delay: float) -> tuple[bool, bool]:
+        async with shared:
+            await asyncio.sleep(delay)
+            inside = io_capture_enabled()
+        return inside, io_capture_enabled()
+
+    async def main() -> list[tuple[bool, bool]]:
+        return list(await asyncio.gather(task(0.02), task(0.0), task(0.01)))
+
+    assert asyncio.run(main()) == [(True, False)] * 3
+    assert not io_capture_enabled()
