@@ -18,16 +18,23 @@ without some of their steps:
 - Only if the headroom runs out too is an execution left incomplete; its
   later spans (its execution span included) are then dropped as well, so no
   execution row is stored that lacks steps which were exported with it.
-- Live `running` rows are the first thing given up (above the soft limit):
-  they only show progress, and the finished span replaces them. The live rows
-  of executions that were dropped are deleted in the next write, so nothing
-  shows them as running forever.
+- Live `running` rows are the first thing given up: none are taken above the
+  soft limit, and queued ones are thrown out to make room for finished spans.
+  They only show progress; the finished span replaces them. The live rows of
+  executions that were dropped are deleted in the next write, so nothing shows
+  them as running forever.
 
-A write that finds the database file locked by another process is retried
+A write that finds the database file held by another process is retried
 with back-off, keeping its items (still within the bound). Any other failed
 write (disk full, damaged file) drops its batch, counted, and the writer keeps
-going, so writing resumes once the fault is gone. `close()` is bounded by its
-timeout: what is not written by then is counted as dropped.
+going, so writing resumes once the fault is gone; the executions of a lost
+batch are dropped whole from then on, like those refused by the queue.
+
+`close()` is bounded by its timeout: the thread gives up by itself at the
+deadline, and what is not written by then is counted as dropped. At
+interpreter exit, after the exit hooks of stores and providers have flushed or
+closed, the thread is parked: a daemon thread still inside DuckDB when Python
+finalises would take the process down with it.
 
 After `fork()`, the child starts with an empty queue and a thread of its own;
 it never touches the parent's state.
@@ -286,6 +293,10 @@ class BackgroundWriter:
         self._forget: list[str] = []
 
     @property
+    def max_queued(self) -> int:
+        return self._max_queued
+
+    @property
     def queued(self) -> int:
         """Items accepted and not yet written or dropped."""
         with self._condition:
@@ -301,7 +312,7 @@ class BackgroundWriter:
         if not spans:
             return True
         owners = [_owner(span) for span in spans]  # outside the lock: producers never wait for this
-        dropped = whole = incomplete = 0
+        dropped = whole = incomplete = evicted = 0
         with self._condition:
             if self._closed or self._closing:
                 reason, detail = SHUTDOWN, "submitted after shutdown"
@@ -310,6 +321,13 @@ class BackgroundWriter:
                 reason, detail = QUEUE_FULL, None
                 accepted: list[ReadableSpan] = []
                 size, soft, hard = self._size(), self._soft_limit, self._max_queued
+                if size + len(spans) > soft and self._queue.running:
+                    # Live rows go first: they only show progress, finished spans are the record.
+                    evicted = len(self._queue.running)
+                    self._queue.running = []
+                    self._completed += evicted
+                    size -= evicted
+                    self._condition.notify_all()
                 partial, refused = self._partial, self._refused
                 for span, (execution_id, ends) in zip(spans, owners, strict=True):
                     if execution_id is None:
@@ -341,6 +359,8 @@ class BackgroundWriter:
                 if accepted:
                     self._queue.spans.extend(accepted)
                     self._accepted(len(accepted))
+        if evicted:
+            self.drops.add_live_rows(evicted)
         if dropped:
             self.drops.add(dropped, reason, detail, whole=whole, incomplete=incomplete)
         return dropped == 0
@@ -539,7 +559,7 @@ class BackgroundWriter:
                 if not self._retry_later(batch, forget, closing, backoff):
                     self._give_up(batch, f"not written before the shutdown timeout: {exc}")
                     return
-                backoff = min(backoff * 2, 1.0)
+                backoff = min(backoff * 2, 0.25)
                 continue
             except Exception as exc:  # a failure of ours must not kill the writer or reach the application
                 logger.debug("otel-workflow write failed", exc_info=True)
@@ -547,15 +567,17 @@ class BackgroundWriter:
                     if self._abandoned:
                         return
                     self._failed(batch.spans, forget)
-                    self._done(batch)
+                # Counted (and logged) before flush() can return: whoever waits sees the drop.
                 self.drops.add(len(batch.spans), WRITE_FAILED, _one_line(exc))
                 self.drops.add_live_rows(len(batch.running))
+                with self._condition:
+                    self._done(batch)
             else:
+                self.drops.add(rejected, REJECTED)
                 with self._condition:
                     if self._abandoned:
                         return
                     self._done(batch)
-                self.drops.add(rejected, REJECTED)
             backoff = 0.02
             self.drops.report_due()
             if closing:
@@ -569,11 +591,12 @@ class BackgroundWriter:
             if self._abandoned:
                 return
             rest, self._queue = self._queue, _Queue()
-            self._done(batch)
-            self._completed += len(rest)
             self._gave_up = True
         self.drops.add(len(batch.spans) + len(rest.spans), SHUTDOWN, why)
         self.drops.add_live_rows(len(batch.running) + len(rest.running))
+        with self._condition:
+            self._done(batch)
+            self._completed += len(rest)
 
     def _commit(self, action: Callable[[], object]) -> None:
         with self._commit_lock:
