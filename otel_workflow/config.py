@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from otel_workflow.exporter import DuckDBSpanExporter
 from otel_workflow.processor import WorkflowSpanProcessor
-from otel_workflow.store import DEFAULT_DB_PATH, TraceStore
+from otel_workflow.store import DEFAULT_DB_PATH, DEFAULT_MAX_QUEUED_SPANS, TraceStore
 
 DB_ENV = "OTEL_WORKFLOW_DB"
 
@@ -50,13 +50,17 @@ def configure(
     service_name: str | None = None,
     tracer_provider: TracerProvider | None = None,
     otlp: bool = False,
+    max_queued_spans: int = DEFAULT_MAX_QUEUED_SPANS,
+    shutdown_timeout_s: float = 10.0,
 ) -> WorkflowTelemetry:
     """Store workflow spans in DuckDB at `db_path` (default: `default_db_path()`).
 
     With `tracer_provider=None` a provider is made (named `service_name`) and set
     as the global one unless another is already set. `otlp=True` also sends the
     spans to an OTLP endpoint configured by the standard `OTEL_EXPORTER_OTLP_*`
-    variables (Jaeger, Tempo, a collector).
+    variables (Jaeger, Tempo, a collector). `max_queued_spans` bounds what waits
+    for the database (beyond it spans are dropped and counted); `shutdown_timeout_s`
+    bounds how long shutdown may take to write what is queued.
     """
     owns_provider = tracer_provider is None
     if tracer_provider is None:
@@ -64,7 +68,11 @@ def configure(
         tracer_provider = TracerProvider(resource=resource)
         if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
             trace.set_tracer_provider(tracer_provider)
-    store = TraceStore(db_path if db_path is not None else default_db_path())
+    store = TraceStore(
+        db_path if db_path is not None else default_db_path(),
+        max_queued_spans=max_queued_spans,
+        shutdown_timeout_s=shutdown_timeout_s,
+    )
     processors: list[SpanProcessor] = [
         WorkflowSpanProcessor(store),
         BatchSpanProcessor(DuckDBSpanExporter(store), schedule_delay_millis=_EXPORT_DELAY_MS),

@@ -125,13 +125,16 @@ class Recognised:
     capture_io: bool = False
 
 
+_INT64_MAX: Final = 2**63 - 1
+
+
 def _sequence(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return value
     if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
+        value = int(value)
+    if isinstance(value, int) and -_INT64_MAX <= value <= _INT64_MAX:
+        return value
     return None
 
 

@@ -337,7 +337,15 @@ class SpanConverter:
 
 def _io_payload(attributes: Mapping[str, Any]) -> str | None:
     payload = attributes.get(cv.IO_JSON)
-    return None if payload is None else utf8(str(payload))
+    if payload is None:
+        return None
+    text = utf8(str(payload))
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        # Not from our tracer (which always writes JSON): keep it, as a JSON string.
+        return orjson.dumps(text).decode()
+    return text
 
 
 def _table(rows: Sequence[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
@@ -345,8 +353,17 @@ def _table(rows: Sequence[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
         return schema.empty_table()
     columns = list(zip(*rows, strict=True))
     return pa.Table.from_arrays(
-        [pa.array(c, type=f.type) for c, f in zip(columns, schema, strict=True)], schema=schema
+        [_array(c, f.type) for c, f in zip(columns, schema, strict=True)], schema=schema
     )
+
+
+def _array(values: Sequence[Any], kind: pa.DataType) -> pa.Array[Any]:
+    try:
+        return pa.array(values, type=kind)
+    except UnicodeEncodeError:
+        # A lone surrogate in some text (a service name, an attribute lifted into a column): only then
+        # is the column cleaned value by value, so the common case pays nothing.
+        return pa.array([utf8(v) if isinstance(v, str) else v for v in values], type=kind)
 
 
 @dataclass(frozen=True, slots=True)

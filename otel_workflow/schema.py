@@ -155,7 +155,7 @@ INSERT INTO executions
 SELECT execution_id, workflow_id, trigger_type, workflow_status, triggered_by, start_time, end_time,
        duration_ms, error_message, config_version, capture_io, input_data, trace_id, span_id, service_name
 FROM {source}
-WHERE workflow_role = 'execution'
+WHERE workflow_role = 'execution' AND execution_id IS NOT NULL
 """
 
 _DERIVE_STEPS: Final = """

@@ -44,6 +44,9 @@ from otel_workflow.writer import BackgroundWriter, RetryLater
 logger = logging.getLogger("otel_workflow")
 
 DEFAULT_DB_PATH = "otel_workflow.duckdb"
+# A queued span is a live SDK object of 2-3 KB: 50,000 of them bound the queue near 150 MB
+# (benchmarks/memory.py measured 525 MB of RSS with a 200,000 bound and a writer that could not keep up).
+DEFAULT_MAX_QUEUED_SPANS = 50_000
 MEMORY = ":memory:"
 
 __all__ = ["DEFAULT_DB_PATH", "ExecutionRow", "SchemaVersionError", "StepRow", "StoreError", "TraceStore"]
@@ -384,7 +387,7 @@ class TraceStore:
         path: str | os.PathLike[str] = DEFAULT_DB_PATH,
         *,
         read_only: bool = False,
-        max_queued_spans: int = 200_000,
+        max_queued_spans: int = DEFAULT_MAX_QUEUED_SPANS,
         flush_interval_s: float = 0.5,
         lock_timeout_s: float = 10.0,
         shutdown_timeout_s: float = 10.0,
@@ -893,10 +896,16 @@ def _insert_finished(connection: duckdb.DuckDBPyConnection, batch: SpanBatch) ->
         SELECT b.* FROM _span_batch b
         WHERE NOT EXISTS (
             SELECT 1 FROM spans s
-            WHERE s.start_time BETWEEN ? AND ? AND s.span_id = b.span_id AND s.trace_id = b.trace_id
+            WHERE s.start_time BETWEEN to_timestamp(?) AND to_timestamp(?)
+              AND s.span_id = b.span_id AND s.trace_id = b.trace_id
         )
         """,
-        [bounds["min"].as_py(), bounds["max"].as_py()],
+        # As epoch seconds, widened by a second and clamped to what a timestamp can hold: the bounds only
+        # prune, and a clock far off (year 10000) must not fail the batch.
+        [
+            _epoch_bound(bounds["min"].cast(pa.int64()).as_py(), -1.0),
+            _epoch_bound(bounds["max"].cast(pa.int64()).as_py(), 1.0),
+        ],
     )
     connection.unregister("_span_batch")
     inserted = connection.execute("INSERT INTO spans SELECT * FROM _new_spans").fetchone()
@@ -920,6 +929,14 @@ def _insert_finished(connection: duckdb.DuckDBPyConnection, batch: SpanBatch) ->
         "DELETE FROM running_spans r USING _ended e WHERE r.span_id = e.span_id AND r.trace_id = e.trace_id"
     )
     connection.unregister("_ended")
+
+
+_EPOCH_RANGE_S: Final = (-62_135_596_800.0, 253_402_300_799.0)  # years 1 to 9999
+
+
+def _epoch_bound(microseconds: int | None, widen_s: float) -> float:
+    seconds = (microseconds or 0) / 1e6 + widen_s
+    return min(max(seconds, _EPOCH_RANGE_S[0]), _EPOCH_RANGE_S[1])
 
 
 def _distinct(connection: duckdb.DuckDBPyConnection, table: pa.Table, key: str) -> pa.Table:
