@@ -84,24 +84,30 @@ _LINKS_FIELDS: list[pa.Field[Any]] = [
 ]
 LINKS_SCHEMA = pa.schema(_LINKS_FIELDS)
 
+# A live row has the columns of `spans` that are known when a span starts, plus who wrote it.
 _RUNNING_FIELDS: list[pa.Field[Any]] = [
-    pa.field("trace_id", pa.string()),
-    pa.field("span_id", pa.string()),
-    pa.field("parent_span_id", pa.string()),
-    pa.field("name", pa.string()),
-    pa.field("start_time", _TS),
-    pa.field("service_name", pa.string()),
-    pa.field("workflow_role", pa.string()),
-    pa.field("execution_id", pa.string()),
-    pa.field("workflow_id", pa.string()),
-    pa.field("step_name", pa.string()),
-    pa.field("step_type", pa.string()),
-    pa.field("step_sequence", pa.int64()),
-    pa.field("parent_step_id", pa.string()),
-    pa.field("trigger_type", pa.string()),
-    pa.field("triggered_by", pa.string()),
-    pa.field("config_version", pa.string()),
-    pa.field("capture_io", pa.bool_()),
+    *(
+        SPANS_SCHEMA.field(name)
+        for name in (
+            "trace_id",
+            "span_id",
+            "parent_span_id",
+            "name",
+            "start_time",
+            "service_name",
+            "workflow_role",
+            "execution_id",
+            "workflow_id",
+            "step_name",
+            "step_type",
+            "step_sequence",
+            "parent_step_id",
+            "trigger_type",
+            "triggered_by",
+            "config_version",
+            "capture_io",
+        )
+    ),
     pa.field("writer_id", pa.string()),
     pa.field("pid", pa.int64()),
 ]
