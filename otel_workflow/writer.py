@@ -519,10 +519,17 @@ class BackgroundWriter:
                 self._running = False
                 self._condition.notify_all()
                 return None
-            batch, self._queue = self._queue, _Queue()
+            queue = self._queue
+            if len(queue.spans) > self._batch_size:
+                # A backlog is written in cycles of at most `batch_size` spans: converting all of it in one
+                # go held it twice in memory at once (benchmarks/memory.py). Live rows all go first.
+                batch = _Queue(queue.spans[: self._batch_size], queue.running)
+                self._queue = _Queue(queue.spans[self._batch_size :], [])
+            else:
+                batch, self._queue = queue, _Queue()
+                self._flush_wanted = False
             forget, self._forget = list(dict.fromkeys(self._forget[-_TRACKED_EXECUTIONS:])), []
             self._in_flight, self._in_flight_committed = batch, False
-            self._flush_wanted = False
             return batch, forget, self._closing
 
     def _done(self, batch: _Queue) -> None:
