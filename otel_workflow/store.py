@@ -364,10 +364,6 @@ class StepRow:
     output_data: str | None
 
 
-_EXECUTION_COLUMNS = ", ".join(f.name for f in ExecutionRow.__dataclass_fields__.values())
-_STEP_COLUMNS = ", ".join(f.name for f in StepRow.__dataclass_fields__.values())
-
-
 class TraceStore:
     """The DuckDB database of spans: schema, batched ingestion through one writer, and queries.
 
