@@ -2,8 +2,9 @@
 
 It runs in `on_start`, on the application thread, so it does only dictionary
 work there: no I/O, no locks held across calls. With a store it also queues a
-`running` record for each execution and step span, so a long execution is
-visible, with its current step, while it runs. Per-execution state lives only
+live row for each execution and step span, so a long execution is
+visible, with its current step, while it runs (the span itself is queued; the
+writer builds the row only if the span is still running when it gets to it). Per-execution state lives only
 until the execution span ends, so memory does not grow with the number of runs.
 """
 
@@ -18,7 +19,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from otel_workflow import conventions as cv
-from otel_workflow.rows import RunningRecord, hex_span_id, span_attributes
+from otel_workflow.rows import hex_span_id, span_attributes
 from otel_workflow.store import TraceStore
 
 logger = logging.getLogger("otel_workflow")
@@ -82,9 +83,8 @@ class WorkflowSpanProcessor(SpanProcessor):
         else:
             return
         if self.store is not None:
-            record = RunningRecord.of(span)
-            if record is not None:
-                self.store.submit_running(record)
+            # The live row is built by the writer, and only if the span is still running by then.
+            self.store.submit_running(span, execution_id)
 
     def _track(self, execution_id: str) -> None:
         if len(self._counters) >= self._max_live:

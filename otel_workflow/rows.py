@@ -14,13 +14,14 @@ import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import orjson
 import pyarrow as pa
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import StatusCode
+from opentelemetry.sdk.util import BoundedList
+from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_workflow import conventions as cv
 from otel_workflow.text import utf8
@@ -114,6 +115,8 @@ _RUNNING_FIELDS: list[pa.Field[Any]] = [
 RUNNING_SCHEMA = pa.schema(_RUNNING_FIELDS)
 
 _STATUS_NAMES = {StatusCode.UNSET: "UNSET", StatusCode.OK: "OK", StatusCode.ERROR: "ERROR"}
+# `SpanKind.name` is a descriptor call per access; a lookup is a fraction of it.
+_KIND_NAMES = {kind: kind.name for kind in SpanKind}
 
 
 _COMPACT = (",", ":")
@@ -252,93 +255,125 @@ class SpanConverter:
         self._resources = _ResourceCache()
 
     def finished(self, spans: Iterable[ReadableSpan]) -> SpanBatch:
+        # The hot loop of the writer (its Python time is GIL time taken from the application): each
+        # value is read once, and text is not checked here but per column in `_array`.
         span_rows: list[tuple[Any, ...]] = []
         event_rows: list[tuple[Any, ...]] = []
         link_rows: list[tuple[Any, ...]] = []
+        resources = self._resources
         for span in spans:
             context = span.context
             if context is None:
                 continue
-            trace_id = hex_trace_id(context.trace_id)
-            span_id = hex_span_id(context.span_id)
+            trace_id = f"{context.trace_id:032x}"
+            span_id = f"{context.span_id:016x}"
             parent = span.parent
             attributes = span_attributes(span)
-            name = utf8(span.name)
+            name = span.name
             start = span.start_time or 0
-            end = span.end_time if span.end_time is not None else start
-            resource = self._resources.get(span.resource)
+            end = span.end_time
+            if end is None:
+                end = start
+            status = span.status
+            status_code = status.status_code
+            resource = resources.get(span.resource)
             scope = span.instrumentation_scope
             found = cv.recognise(name, attributes)
-            failed = span.status.status_code is StatusCode.ERROR or found.declared_status == "failed"
+            role = found.role
+            failed = status_code is StatusCode.ERROR or found.declared_status == "failed"
             input_data = output_data = None
-            for index, event in enumerate(span.events):
-                event_attributes = plain_attributes(event.attributes)
-                if event.name in (cv.IO_INPUT_EVENT, cv.EXECUTION_INPUT_EVENT):
-                    input_data = _io_payload(event_attributes)
-                elif event.name == cv.IO_OUTPUT_EVENT:
-                    output_data = _io_payload(event_attributes)
-                event_rows.append(
-                    (
-                        trace_id,
-                        span_id,
-                        index,
-                        utf8(event.name),
-                        event.timestamp // 1000,
-                        attributes_json(event_attributes),
+            events = _sequence_of(span, "_events")
+            if events:
+                for index, event in enumerate(events):
+                    event_name = event.name
+                    event_attributes = plain_attributes(event.attributes)
+                    if event_name in _IO_EVENTS:
+                        payload = _io_payload(event_attributes)
+                        if event_name == cv.IO_OUTPUT_EVENT:
+                            output_data = payload
+                        else:
+                            input_data = payload
+                    event_rows.append(
+                        (
+                            trace_id,
+                            span_id,
+                            index,
+                            event_name,
+                            event.timestamp // 1000,
+                            attributes_json(event_attributes),
+                        )
                     )
-                )
-            for index, link in enumerate(span.links):
-                link_rows.append(
-                    (
-                        trace_id,
-                        span_id,
-                        index,
-                        hex_trace_id(link.context.trace_id),
-                        hex_span_id(link.context.span_id),
-                        attributes_json(link.attributes),
+            links = _sequence_of(span, "_links")
+            if links:
+                for index, link in enumerate(links):
+                    link_rows.append(
+                        (
+                            trace_id,
+                            span_id,
+                            index,
+                            f"{link.context.trace_id:032x}",
+                            f"{link.context.span_id:016x}",
+                            attributes_json(link.attributes),
+                        )
                     )
+            span_rows.append(
+                (
+                    trace_id,
+                    span_id,
+                    None if parent is None else f"{parent.span_id:016x}",
+                    name,
+                    _KIND_NAMES[span.kind],
+                    start // 1000,
+                    end // 1000,
+                    (end - start) / 1e6,
+                    _STATUS_NAMES[status_code],
+                    status.description,
+                    resource.service_name,
+                    resource.attributes_json,
+                    None if scope is None else scope.name,
+                    None if scope is None else scope.version,
+                    attributes_json(attributes),
+                    _dropped(getattr(span, "_attributes", None)),
+                    _dropped(events),
+                    _dropped(links),
+                    role,
+                    found.execution_id,
+                    found.workflow_id,
+                    found.step_name,
+                    found.step_type,
+                    found.step_sequence,
+                    found.parent_step_id,
+                    None if role is None else _workflow_status(found.declared_status, failed),
+                    _error_message(span) if failed else None,
+                    found.trigger_type,
+                    found.triggered_by,
+                    found.config_version,
+                    found.capture_io if role is not None else None,
+                    input_data,
+                    output_data,
                 )
-            row = (
-                trace_id,
-                span_id,
-                None if parent is None else hex_span_id(parent.span_id),
-                name,
-                span.kind.name,
-                start // 1000,
-                end // 1000,
-                (end - start) / 1e6,
-                _STATUS_NAMES[span.status.status_code],
-                None if span.status.description is None else utf8(span.status.description),
-                resource.service_name,
-                resource.attributes_json,
-                None if scope is None else scope.name,
-                None if scope is None else scope.version,
-                attributes_json(attributes),
-                span.dropped_attributes,
-                span.dropped_events,
-                span.dropped_links,
-                found.role,
-                found.execution_id,
-                found.workflow_id,
-                found.step_name,
-                found.step_type,
-                found.step_sequence,
-                found.parent_step_id,
-                None if found.role is None else _workflow_status(found.declared_status, failed),
-                _error_message(span) if failed else None,
-                found.trigger_type,
-                found.triggered_by,
-                found.config_version,
-                found.capture_io if found.role is not None else None,
-                input_data,
-                output_data,
             )
-            span_rows.append(row)
         return SpanBatch(
             spans=_table(span_rows, SPANS_SCHEMA),
             events=_table(event_rows, EVENTS_SCHEMA),
             links=_table(link_rows, LINKS_SCHEMA),
         )
+
+
+def _dropped(bounded: object) -> int:
+    # The public `dropped_*` properties cost a call and an isinstance each; most spans drop nothing.
+    return getattr(bounded, "dropped", 0) or 0
+
+
+_IO_EVENTS: Final = frozenset((cv.IO_INPUT_EVENT, cv.EXECUTION_INPUT_EVENT, cv.IO_OUTPUT_EVENT))
+
+
+def _sequence_of(span: ReadableSpan, field: str) -> Sequence[Any]:
+    """A span's events or links without the public property's copy (it copies twice, under a lock)."""
+    inner = getattr(span, field, None)
+    if isinstance(inner, BoundedList | tuple | list):
+        return inner
+    return span.events if field == "_events" else span.links
 
 
 def _io_payload(attributes: Mapping[str, Any]) -> str | None:

@@ -510,11 +510,15 @@ class TraceStore:
             raise StoreError("this TraceStore was opened read-only")
         return self._writer.submit_spans(spans)
 
-    def submit_running(self, record: RunningRecord) -> bool:
-        """Queue the live row of an execution or step that just started."""
+    def submit_running(self, span: ReadableSpan, execution_id: str | None) -> bool:
+        """Queue an execution or step span that just started, for its live row.
+
+        The writer builds the row only if the span is still running when it writes: a step that ends
+        within the write interval costs nothing here, and the application thread does no conversion.
+        """
         if self.read_only:
             raise StoreError("this TraceStore was opened read-only")
-        return self._writer.submit_running(record)
+        return self._writer.submit_running(span, execution_id)
 
     @property
     def dropped_spans(self) -> int:
@@ -587,7 +591,7 @@ class TraceStore:
     def _write_batch(
         self,
         spans: Sequence[ReadableSpan],
-        running: Sequence[RunningRecord],
+        running: Sequence[ReadableSpan],
         final: bool,
         forget: Sequence[str] = (),
         commit: Callable[[Callable[[], object]], None] | None = None,
@@ -613,14 +617,13 @@ class TraceStore:
     def _write_once(
         self,
         spans: Sequence[ReadableSpan],
-        running: Sequence[RunningRecord],
+        running: Sequence[ReadableSpan],
         final: bool,
         forget: Sequence[str],
         commit: Callable[[Callable[[], object]], None] | None,
     ) -> int:
         batch, rejected = self._convert(spans)
-        ended = set(batch.spans.column("span_id").to_pylist()) if batch is not None else set()
-        live = self._running_rows([r for r in running if r.span_id not in ended])
+        live = self._running_rows(running)
         if batch is None and live is None and not final and not forget:
             return rejected
         # The file was deleted while we ran: DuckDB makes a new, empty one, which needs the schema.
@@ -698,11 +701,25 @@ class TraceStore:
             self._convert_parts(spans[:middle], parts)
             self._convert_parts(spans[middle:], parts)
 
-    def _running_rows(self, records: Sequence[RunningRecord]) -> pa.Table | None:
-        if not records:
-            return None
+    def _running_rows(self, started: Sequence[ReadableSpan]) -> pa.Table | None:
+        """Live rows for the spans that are still running (an ended one is in this or a coming batch)."""
+        records: list[RunningRecord] = []
+        failed = 0
+        for span in started:
+            if span.end_time is not None:
+                continue
+            try:
+                record = RunningRecord.of(span)
+            except Exception:
+                logger.debug("otel-workflow left out a live row it could not convert", exc_info=True)
+                failed += 1
+            else:
+                if record is not None:
+                    records.append(record)
+        table = None
         try:
-            return running_table(records, self._writer_id)
+            if records:
+                table = running_table(records, self._writer_id)
         except Exception:
             kept = []
             for record in records:
@@ -712,8 +729,11 @@ class TraceStore:
                     logger.debug("otel-workflow left out a live row it could not convert", exc_info=True)
                 else:
                     kept.append(record)
-            self._writer.drops.add_live_rows(len(records) - len(kept))
-            return running_table(kept, self._writer_id) if kept else None
+            failed += len(records) - len(kept)
+            table = running_table(kept, self._writer_id) if kept else None
+        if failed:
+            self._writer.drops.add_live_rows(failed)
+        return table
 
     # -- read side -------------------------------------------------------------------------------
 
@@ -877,41 +897,43 @@ class TraceStore:
 
 def _insert_finished(connection: duckdb.DuckDBPyConnection, batch: SpanBatch) -> None:
     spans, events, links = batch.spans, batch.events, batch.links
-    if len(set(spans.column("span_id").to_pylist())) < spans.num_rows:
+    if pc.count_distinct(spans.column("span_id")).as_py() < spans.num_rows:
         # The same span twice in one batch (exported twice before the writer ran): keep one of each.
         spans = _distinct(connection, spans, "trace_id, span_id")
         events = _distinct(connection, events, "trace_id, span_id, event_index")
         links = _distinct(connection, links, "trace_id, span_id, link_index")
     bounds = pc.min_max(spans.column("start_time"))
-    connection.register("_span_batch", spans)
     # A re-exported span has the same start time: bounding the check by the batch's start times lets
-    # DuckDB skip row groups by their min/max instead of reading every stored span id.
-    connection.execute(
-        """
-        CREATE OR REPLACE TEMP TABLE _new_spans AS
-        SELECT b.* FROM _span_batch b
-        WHERE NOT EXISTS (
-            SELECT 1 FROM spans s
-            WHERE s.start_time BETWEEN to_timestamp(?) AND to_timestamp(?)
-              AND s.span_id = b.span_id AND s.trace_id = b.trace_id
-        )
-        """,
-        # As epoch seconds, widened by a second and clamped to what a timestamp can hold: the bounds only
-        # prune, and a clock far off (year 10000) must not fail the batch.
-        [
-            _epoch_bound(bounds["min"].cast(pa.int64()).as_py(), -1.0),
-            _epoch_bound(bounds["max"].cast(pa.int64()).as_py(), 1.0),
-        ],
+    # DuckDB skip row groups by their min/max instead of reading every stored span id. As epoch seconds,
+    # widened by a second and clamped to what a timestamp can hold: the bounds only prune, and a clock
+    # far off (year 10000) must not fail the batch.
+    window = [
+        _epoch_bound(bounds["min"].cast(pa.int64()).as_py(), -1.0),
+        _epoch_bound(bounds["max"].cast(pa.int64()).as_py(), 1.0),
+    ]
+    stored = "SELECT 1 FROM spans s WHERE s.start_time BETWEEN to_timestamp(?) AND to_timestamp(?) " + (
+        "AND s.span_id = b.span_id AND s.trace_id = b.trace_id"
     )
-    connection.unregister("_span_batch")
-    inserted = connection.execute("INSERT INTO spans SELECT * FROM _new_spans").fetchone()
-    derive(connection, "_new_spans")
-    all_new = inserted is not None and inserted[0] == spans.num_rows
+    connection.register("_span_batch", spans)
+    found = connection.execute(f"SELECT EXISTS (SELECT 1 FROM _span_batch b WHERE EXISTS ({stored}))", window)
+    row = found.fetchone()
+    if row is not None and not row[0]:
+        # The usual case, every span new: straight from the Arrow batch, without a copy.
+        source = "_span_batch"
+    else:
+        connection.execute(
+            "CREATE OR REPLACE TEMP TABLE _new_spans AS "
+            f"SELECT b.* FROM _span_batch b WHERE NOT EXISTS ({stored})",
+            window,
+        )
+        source = "_new_spans"
+    connection.execute(f"INSERT INTO spans SELECT * FROM {source}")
+    derive(connection, source)
     for table, name in ((events, "span_events"), (links, "span_links")):
         if table.num_rows == 0:
             continue
         connection.register("_child_batch", table)
-        if all_new:
+        if source == "_span_batch":
             connection.execute(f"INSERT INTO {name} SELECT * FROM _child_batch")
         else:
             connection.execute(
@@ -919,12 +941,13 @@ def _insert_finished(connection: duckdb.DuckDBPyConnection, batch: SpanBatch) ->
                 "ON n.span_id = c.span_id AND n.trace_id = c.trace_id"
             )
         connection.unregister("_child_batch")
-    connection.execute("DROP TABLE _new_spans")
-    connection.register("_ended", spans.select(["trace_id", "span_id"]))
+    if source == "_new_spans":
+        connection.execute("DROP TABLE _new_spans")
     connection.execute(
-        "DELETE FROM running_spans r USING _ended e WHERE r.span_id = e.span_id AND r.trace_id = e.trace_id"
+        "DELETE FROM running_spans r USING _span_batch e "
+        "WHERE r.span_id = e.span_id AND r.trace_id = e.trace_id"
     )
-    connection.unregister("_ended")
+    connection.unregister("_span_batch")
 
 
 _EPOCH_RANGE_S: Final = (-62_135_596_800.0, 253_402_300_799.0)  # years 1 to 9999
@@ -955,7 +978,7 @@ class _StoreSink:
     def write(
         self,
         spans: Sequence[ReadableSpan],
-        running: Sequence[RunningRecord],
+        running: Sequence[ReadableSpan],
         *,
         final: bool,
         forget: Sequence[str],

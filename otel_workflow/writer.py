@@ -56,7 +56,6 @@ from opentelemetry import metrics
 from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_workflow import conventions as cv
-from otel_workflow.rows import RunningRecord
 
 logger = logging.getLogger("otel_workflow")
 
@@ -94,7 +93,7 @@ class BatchSink(Protocol):
     def write(
         self,
         spans: Sequence[ReadableSpan],
-        running: Sequence[RunningRecord],
+        running: Sequence[ReadableSpan],
         *,
         final: bool,
         forget: Sequence[str],
@@ -193,7 +192,7 @@ class DropReporter:
 @dataclass(slots=True)
 class _Queue:
     spans: list[ReadableSpan] = field(default_factory=list)
-    running: list[RunningRecord] = field(default_factory=list)
+    running: list[ReadableSpan] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.spans) + len(self.running)
@@ -365,9 +364,8 @@ class BackgroundWriter:
             self.drops.add(dropped, reason, detail, whole=whole, incomplete=incomplete)
         return dropped == 0
 
-    def submit_running(self, record: RunningRecord) -> bool:
-        """Queue the live row of a span that started; False if it was not (counted as a live row)."""
-        execution_id = record.found.execution_id
+    def submit_running(self, span: ReadableSpan, execution_id: str | None) -> bool:
+        """Queue a span that started, for its live row; False if it was not (counted as a live row)."""
         with self._condition:
             ok = (
                 not (self._closed or self._closing)
@@ -375,7 +373,7 @@ class BackgroundWriter:
                 and (execution_id is None or execution_id not in self._refused)
             )
             if ok:
-                self._queue.running.append(record)
+                self._queue.running.append(span)
                 self._accepted(1)
         if not ok:
             self.drops.add_live_rows(1)
