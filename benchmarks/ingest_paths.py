@@ -85,10 +85,12 @@ from otel_workflow.rows import (
     attributes_json,
     hex_span_id,
     hex_trace_id,
-    utf8,
+    plain_attributes,
+    span_attributes,
 )
 from otel_workflow.schema import ensure_schema
 from otel_workflow.store import _insert_finished
+from otel_workflow.text import utf8
 
 STEPS_PER_RUN = 4
 CHILDREN_PER_STEP = 3
@@ -236,7 +238,7 @@ class TupleConverter:
             trace_id = hex_trace_id(context.trace_id)
             span_id = hex_span_id(context.span_id)
             parent = span.parent
-            attributes = span.attributes or {}
+            attributes = span_attributes(span)
             name = utf8(span.name)
             start = span.start_time or 0
             end = span.end_time if span.end_time is not None else start
@@ -246,8 +248,8 @@ class TupleConverter:
             failed = span.status.status_code is StatusCode.ERROR or found.declared_status == "failed"
             input_data = output_data = None
             for index, event in enumerate(span.events):
-                event_attributes = event.attributes or {}
-                if event.name == cv.IO_INPUT_EVENT:
+                event_attributes = plain_attributes(event.attributes)
+                if event.name in (cv.IO_INPUT_EVENT, cv.EXECUTION_INPUT_EVENT):
                     input_data = _io_payload(event_attributes)
                 elif event.name == cv.IO_OUTPUT_EVENT:
                     output_data = _io_payload(event_attributes)
@@ -288,6 +290,7 @@ class TupleConverter:
                     found.step_name,
                     found.step_type,
                     found.step_sequence,
+                    found.parent_step_id,
                     None if found.role is None else _workflow_status(found.declared_status, failed),
                     _error_message(span) if failed else None,
                     found.trigger_type,

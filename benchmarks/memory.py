@@ -18,7 +18,7 @@ by a thread), and at the end, with what was stored and what was dropped:
   stay bounded and the drop count must say what was lost.
 - `baseline`: the same process with the SDK and no processor, producing the same spans (the floor).
 - `10m`: a store opened on a database that already holds `--big` spans (made by benchmarks/queries.py's
-  generator) while 100,000 more are ingested: RSS at a large database.
+  generator) while `--more` (100,000) more are ingested: RSS at a large database.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ def run(scenario: str, spans: int, db: Path) -> dict[str, float]:
     out = subprocess.run(
         [sys.executable, "-c", _SCENARIO, scenario, str(spans), str(db)],
         check=True,
-        capture_output=True,
+        # stdout only: a failing scenario's traceback goes to our stderr instead of being swallowed.
+        stdout=subprocess.PIPE,
         text=True,
     ).stdout
     result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
@@ -103,6 +104,7 @@ def main() -> None:
     )
     parser.add_argument("--spans", type=int, default=1_000_000)
     parser.add_argument("--big", type=int, default=10_000_000, help="spans already stored in the 10m case")
+    parser.add_argument("--more", type=int, default=100_000, help="spans ingested in the 10m case")
     parser.add_argument("--skip-big", action="store_true")
     args = parser.parse_args()
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; RSS in MB")
@@ -127,9 +129,9 @@ def main() -> None:
             with duckdb.connect(str(big)) as connection:
                 ensure_schema(connection)
                 generate(connection, args.big)
-            result = run("10m", 100_000, big)
+            result = run("10m", args.more, big)
             print(
-                f"  {args.big:,} stored, then 100,000 more ingested: RSS peak {result['peak']:.0f} MB, "
+                f"  {args.big:,} stored, then {args.more:,} more ingested: RSS peak {result['peak']:.0f} MB, "
                 f"after {result['after']:.0f} MB, dropped {result['dropped']:,.0f}"
             )
 
