@@ -19,7 +19,7 @@ from typing import Any, Final
 import orjson
 import pyarrow as pa
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan, Span
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -333,9 +333,9 @@ class SpanConverter:
                     None if scope is None else scope.name,
                     None if scope is None else scope.version,
                     attributes_json(attributes),
-                    _dropped(getattr(span, "_attributes", None)),
-                    _dropped(events),
-                    _dropped(links),
+                    span.dropped_attributes,
+                    span.dropped_events,
+                    span.dropped_links,
                     role,
                     found.execution_id,
                     found.workflow_id,
@@ -360,20 +360,19 @@ class SpanConverter:
         )
 
 
-def _dropped(bounded: object) -> int:
-    # The public `dropped_*` properties cost a call and an isinstance each; most spans drop nothing.
-    return getattr(bounded, "dropped", 0) or 0
-
-
 _IO_EVENTS: Final = frozenset((cv.IO_INPUT_EVENT, cv.EXECUTION_INPUT_EVENT, cv.IO_OUTPUT_EVENT))
 
 
 def _sequence_of(span: ReadableSpan, field: str) -> Sequence[Any]:
     """A span's events or links without the public property's copy (it copies twice, under a lock)."""
-    inner = getattr(span, field, None)
+    inner = getattr(span, field, None) if type(span) in _SDK_SPAN_TYPES else None
     if isinstance(inner, BoundedList | tuple | list):
         return inner
     return span.events if field == "_events" else span.links
+
+
+# Classes whose `events`/`links` are known to be copies of `_events`/`_links` (a subclass may differ).
+_SDK_SPAN_TYPES: Final = (ReadableSpan, Span)
 
 
 def _io_payload(attributes: Mapping[str, Any]) -> str | None:

@@ -674,7 +674,10 @@ class TraceStore:
         if not spans:
             return None, 0
         parts: list[SpanBatch] = []
-        self._convert_parts(spans, parts)
+        # In slices: the Python objects made while converting (row tuples, strings) are several times
+        # the Arrow result, and a slice's are freed before the next one's are made.
+        for first in range(0, len(spans), _CONVERT_SLICE):
+            self._convert_parts(spans[first : first + _CONVERT_SLICE], parts)
         if not parts:
             return None, len(spans)
         if len(parts) == 1:
@@ -949,6 +952,8 @@ def _insert_finished(connection: duckdb.DuckDBPyConnection, batch: SpanBatch) ->
     )
     connection.unregister("_span_batch")
 
+
+_CONVERT_SLICE: Final = 4096
 
 _EPOCH_RANGE_S: Final = (-62_135_596_800.0, 253_402_300_799.0)  # years 1 to 9999
 
