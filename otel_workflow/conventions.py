@@ -10,7 +10,7 @@ processor, the exporter and a rebuild from stored spans.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -68,21 +68,13 @@ _CICD_RESULTS: Final = {
 }
 
 
-def _first(attributes: Mapping[str, Any], *keys: str) -> Any:
-    for key in keys:
-        value = attributes.get(key)
-        if value is not None and value != "":
-            return value
-    return None
-
-
 def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
 def execution_id_of(attributes: Mapping[str, Any]) -> str | None:
     """The execution a span belongs to, by any of the recognised keys."""
-    return _text(_first(attributes, *EXECUTION_ID_KEYS))
+    return _text(_pick(attributes.get, EXECUTION_ID_KEYS))
 
 
 def is_step(name: str, attributes: Mapping[str, Any]) -> bool:
@@ -144,38 +136,60 @@ _NOT_WORKFLOW: Final = Recognised(role=None, execution_id=None)
 
 def recognise(name: str, attributes: Mapping[str, Any]) -> Recognised:
     """Classify a span as execution, step or neither, and lift its workflow fields."""
+    # Runs for every exported span: one bound `get`, key tuples prepared once.
+    get = attributes.get
     role = role_of(name, attributes)
-    execution_id = execution_id_of(attributes)
+    execution_id = _text(_pick(get, EXECUTION_ID_KEYS))
     if role is None:
         # Most spans are neither: share one result instead of building one per span.
         return _NOT_WORKFLOW if execution_id is None else Recognised(role=None, execution_id=execution_id)
-    workflow_id = _text(_first(attributes, WORKFLOW_ID, CICD_PIPELINE_NAME))
+    workflow_id = _text(_pick(get, _WORKFLOW_ID_KEYS))
     if role == ROLE_EXECUTION:
-        result = _first(attributes, CICD_RESULT)
+        result = get(CICD_RESULT)
         return Recognised(
-            role=role,
-            execution_id=execution_id,
-            workflow_id=workflow_id,
-            declared_status=_CICD_RESULTS.get(str(result).lower()) if result is not None else None,
-            trigger_type=_text(_first(attributes, TRIGGER_TYPE)),
-            triggered_by=_text(_first(attributes, TRIGGERED_BY)),
-            config_version=_text(_first(attributes, CONFIG_VERSION)),
-            capture_io=attributes.get(CAPTURE_IO) is True,
+            role,
+            execution_id,
+            workflow_id,
+            declared_status=_CICD_RESULTS.get(str(result).lower()) if result else None,
+            trigger_type=_text(_pick(get, _TRIGGER_TYPE_KEYS)),
+            triggered_by=_text(_pick(get, _TRIGGERED_BY_KEYS)),
+            config_version=_text(_pick(get, _CONFIG_VERSION_KEYS)),
+            capture_io=get(CAPTURE_IO) is True,
         )
-    step_name = _first(attributes, STEP_NAME, GO_STEP_NAME, CICD_TASK_NAME)
+    step_name = _pick(get, _STEP_NAME_KEYS)
     if step_name is None:
         step_name = name[len(STEP_SPAN_PREFIX) :] if name.startswith(STEP_SPAN_PREFIX) else name
-    declared = _first(attributes, STEP_STATUS)
+    declared = _pick(get, _STEP_STATUS_KEYS)
     if declared is None:
-        result = _first(attributes, CICD_TASK_RESULT)
-        declared = _CICD_RESULTS.get(str(result).lower()) if result is not None else None
+        result = get(CICD_TASK_RESULT)
+        declared = _CICD_RESULTS.get(str(result).lower()) if result else None
     return Recognised(
-        role=role,
-        execution_id=execution_id,
-        workflow_id=workflow_id,
-        step_name=str(step_name),
-        step_type=_text(_first(attributes, STEP_TYPE, GO_STEP_TYPE, CICD_TASK_TYPE)),
-        step_sequence=_sequence(_first(attributes, STEP_SEQUENCE, GO_STEP_SEQUENCE)),
-        parent_step_id=_text(_first(attributes, STEP_PARENT_ID)),
-        declared_status=_text(declared),
+        role,
+        execution_id,
+        workflow_id,
+        str(step_name),
+        _text(_pick(get, _STEP_TYPE_KEYS)),
+        _sequence(_pick(get, _STEP_SEQUENCE_KEYS)),
+        _text(_pick(get, _STEP_PARENT_KEYS)),
+        _text(declared),
     )
+
+
+def _pick(get: Callable[[str], Any], keys: tuple[str, ...]) -> Any:
+    """The first of `keys` with a value (not None, not empty)."""
+    for key in keys:
+        value = get(key)
+        if value is not None and value != "":
+            return value
+    return None
+
+
+_WORKFLOW_ID_KEYS: Final = (WORKFLOW_ID, CICD_PIPELINE_NAME)
+_TRIGGER_TYPE_KEYS: Final = (TRIGGER_TYPE,)
+_TRIGGERED_BY_KEYS: Final = (TRIGGERED_BY,)
+_CONFIG_VERSION_KEYS: Final = (CONFIG_VERSION,)
+_STEP_NAME_KEYS: Final = (STEP_NAME, GO_STEP_NAME, CICD_TASK_NAME)
+_STEP_STATUS_KEYS: Final = (STEP_STATUS,)
+_STEP_TYPE_KEYS: Final = (STEP_TYPE, GO_STEP_TYPE, CICD_TASK_TYPE)
+_STEP_SEQUENCE_KEYS: Final = (STEP_SEQUENCE, GO_STEP_SEQUENCE)
+_STEP_PARENT_KEYS: Final = (STEP_PARENT_ID,)

@@ -148,6 +148,8 @@ def plain_attributes(attributes: Any) -> Mapping[str, Any]:
     lock; on a finished span it no longer changes, so its inner `_dict` is read directly
     when it is there, with the public Mapping interface as the fallback.
     """
+    if type(attributes) is dict:  # already plain (the common case on the hot path): no getattr miss
+        return attributes
     if attributes is None:
         return {}
     inner = getattr(attributes, "_dict", None)
