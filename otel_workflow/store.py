@@ -167,6 +167,14 @@ class _ConnectionGate:
                     self._released.pop(path, None)
             self._condition.notify_all()
 
+    def wanted(self, path: str) -> bool:
+        """Whether someone needs `path` let go of: a fork in this process, or another process waiting."""
+        with self._condition:
+            if self._forking:
+                return True
+            fd = self._handover.get(path)
+        return fd is not None and fd != _BUSY and _others_waiting(fd)
+
     def before_fork(self) -> None:
         deadline = time.monotonic() + _FORK_WAIT_S
         with self._condition:
@@ -398,6 +406,8 @@ class TraceStore:
         self._closed = False
         self._writer_id = str(uuid.uuid4())
         self._converter = SpanConverter()
+        # The writer thread's connection, kept from one write cycle to the next while a backlog lasts.
+        self._held: duckdb.DuckDBPyConnection | None = None
         if self.path == MEMORY:
             if read_only:
                 raise StoreError("an in-memory database cannot be opened read-only: it would always be empty")
@@ -411,6 +421,7 @@ class TraceStore:
                 )
         else:
             self._prepare_file()
+            os.register_at_fork(after_in_child=functools.partial(_forget_held, weakref.ref(self)))
         self._writer = BackgroundWriter(
             _StoreSink(self),
             max_queued=max_queued_spans,
@@ -450,6 +461,14 @@ class TraceStore:
             finally:
                 cursor.close()
             return
+        connection = self._open(read_only, timeout_s)
+        try:
+            yield connection
+        finally:
+            self._close_file(connection)
+
+    def _open(self, read_only: bool, timeout_s: float | None) -> duckdb.DuckDBPyConnection:
+        """A connection to the file, the hand-over lock taken (`_close_file` gives both back)."""
         timeout_s = self._lock_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
         try:
@@ -460,18 +479,52 @@ class TraceStore:
                 f"{timeout_s:g}s; try again"
             ) from exc
         try:
-            connection = self._open_file(read_only, max(0.0, deadline - time.monotonic()))
+            return self._open_file(read_only, max(0.0, deadline - time.monotonic()))
         except BaseException:
             _gate.leave(self.path)
             raise
+
+    def _close_file(self, connection: duckdb.DuckDBPyConnection) -> None:
+        try:
+            with _instance_lock:
+                connection.close()
+        finally:
+            _gate.leave(self.path)
+
+    @contextlib.contextmanager
+    def _writer_connection(self, keep: Callable[[], bool]) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The writer's connection for one cycle, kept for the next one if `keep()` says so after it.
+
+        Each close checkpoints (DuckDB writes the cycle's rows into the file proper), and a checkpoint
+        costs 0.1-0.7 s almost whatever its size: with a backlog, one connection for many cycles stores
+        more spans per second (benchmarks/ingest.py). It is let go as soon as the backlog is written,
+        another process waits for the file, or this process forks.
+        """
+        if self._memory is not None:
+            with self._connect(read_only=False) as cursor:
+                yield cursor
+            return
+        connection, self._held = self._held, None
+        if connection is not None and not os.path.exists(self.path):
+            self._close_file(connection)  # deleted while kept: the next connection makes a new file
+            connection = None
+        if connection is None:
+            connection = self._open(read_only=False, timeout_s=0.25)
+            connection.execute(f"SET checkpoint_threshold = '{_CHECKPOINT_THRESHOLD}'")
+        kept = False
         try:
             yield connection
+            kept = keep() and not _gate.wanted(self.path)
         finally:
-            try:
-                with _instance_lock:
-                    connection.close()
-            finally:
-                _gate.leave(self.path)
+            if kept:
+                self._held = connection
+            else:
+                self._close_file(connection)
+
+    def _release_held(self) -> None:
+        connection, self._held = self._held, None
+        if connection is not None:
+            self._close_file(connection)
 
     def _memory_connection(self) -> duckdb.DuckDBPyConnection:
         """The in-memory database; a forked child starts an empty one of its own (with the lock held)."""
@@ -629,7 +682,7 @@ class TraceStore:
         # The file was deleted while we ran: DuckDB makes a new, empty one, which needs the schema.
         recreate = self._memory is None and not os.path.exists(self.path)
         try:
-            with self._connect(read_only=False, timeout_s=0.25) as connection:
+            with self._writer_connection(lambda: not final and self._writer.backlogged) as connection:
                 if recreate:
                     ensure_schema(connection)
                 connection.execute("BEGIN TRANSACTION")
@@ -955,6 +1008,11 @@ def _insert_finished(connection: duckdb.DuckDBPyConnection, batch: SpanBatch) ->
 
 _CONVERT_SLICE: Final = 4096
 
+# While the writer keeps its connection, DuckDB checkpoints when the log passes this size. A cycle of
+# 20,000 spans logs about 21 MB, and the default (16 MB) checkpointed after every one; at 128 MB one
+# checkpoint writes about one row group (122,880 rows) at once, for about half the time per span.
+_CHECKPOINT_THRESHOLD: Final = "128MB"
+
 _EPOCH_RANGE_S: Final = (-62_135_596_800.0, 253_402_300_799.0)  # years 1 to 9999
 
 
@@ -980,6 +1038,11 @@ class _StoreSink:
     def __init__(self, store: TraceStore) -> None:
         self._store = weakref.ref(store)
 
+    def release(self) -> None:
+        store = self._store()
+        if store is not None:
+            store._release_held()
+
     def write(
         self,
         spans: Sequence[ReadableSpan],
@@ -993,6 +1056,13 @@ class _StoreSink:
         if store is None:
             return 0
         return store._write_batch(spans, running, final, forget, commit)
+
+
+def _forget_held(ref: weakref.ref[TraceStore]) -> None:
+    # The parent's connection: never used or closed in the child (the gate refuses the file there).
+    store = ref()
+    if store is not None:
+        store._held = None
 
 
 def _reset_memory_lock(ref: weakref.ref[TraceStore]) -> None:

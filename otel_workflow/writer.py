@@ -107,6 +107,9 @@ class BatchSink(Protocol):
         Raise RetryLater to keep the batch for another try.
         """
 
+    def release(self) -> None:
+        """Let go of what the sink kept between batches (the writer thread calls it as it stops)."""
+
 
 class DropReporter:
     """Counts dropped spans by reason and logs them at most once per interval."""
@@ -294,6 +297,12 @@ class BackgroundWriter:
     @property
     def max_queued(self) -> int:
         return self._max_queued
+
+    @property
+    def backlogged(self) -> bool:
+        """Whether finished spans are waiting behind the batch being written."""
+        with self._condition:
+            return bool(self._queue.spans)
 
     @property
     def queued(self) -> int:
@@ -540,6 +549,10 @@ class BackgroundWriter:
         try:
             self._loop()
         finally:
+            try:
+                self._sink.release()
+            except Exception:  # closing the file failed: nothing more to write through it anyway
+                logger.debug("otel-workflow could not close the database", exc_info=True)
             with self._condition:
                 if self._thread is threading.current_thread():
                     self._running = False

@@ -1,0 +1,164 @@
+"""The writer keeps its connection across the cycles of a backlog, and lets go when someone needs the file.
+
+A process that keeps a DuckDB file open locks every other process out of it, so the connection kept
+for speed must be given up when the backlog is written, when another process waits for the file, and
+when this process forks. These tests use real processes and the real hand-over lock.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from support import wait_until
+
+from otel_workflow import TraceStore, WorkflowSpanProcessor, WorkflowTracer
+from otel_workflow.store import _gate
+
+_READER = textwrap.dedent(
+    """
+    import sys
+    from otel_workflow import TraceStore
+    store = TraceStore(sys.argv[1], read_only=True, lock_timeout_s=float(sys.argv[2]))
+    print(store.sql("SELECT count(*) FROM spans")[0][0])
+    """
+)
+
+
+def make_spans(executions: int) -> list[ReadableSpan]:
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(WorkflowSpanProcessor())
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    wf = WorkflowTracer("orders", tracer_provider=provider)
+    for _ in range(executions):
+        with wf.execution():
+            for name in ("validate", "charge", "ship"):
+                with wf.step(name):
+                    pass
+    spans = list(memory.get_finished_spans())
+    provider.shutdown()
+    return spans
+
+
+def start_reader(db: Path, lock_timeout_s: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _READER, str(db), str(lock_timeout_s)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_after_a_backlog_is_written_another_process_opens_the_file_at_once(tmp_path: Path) -> None:
+    db = tmp_path / "wf.duckdb"
+    store = TraceStore(db)
+    spans = make_spans(2_000)  # 8,000 spans
+    for first in range(0, len(spans), 512):  # the way a BatchSpanProcessor hands them over
+        store.submit_spans(spans[first : first + 512])
+    assert store.flush(60)
+    # Kept past the backlog, the file would lock this reader out for longer than its half second.
+    reader = start_reader(db, lock_timeout_s=0.5)
+    out, err = reader.communicate(timeout=60)
+    assert reader.returncode == 0, err
+    assert int(out) == len(spans)
+    store.close()
+
+
+def test_a_kept_connection_is_given_up_to_a_process_waiting_for_the_file(tmp_path: Path) -> None:
+    db = tmp_path / "wf.duckdb"
+    store = TraceStore(db)
+    spans = make_spans(10)
+    with store._writer_connection(lambda: True) as connection:
+        connection.execute("SELECT 1")
+    assert store._held is not None  # a backlog: kept for the next cycle
+    reader = start_reader(db, lock_timeout_s=30)
+    try:
+        # The reader polls the hand-over lock and says it is waiting; the writer sees it after its cycle.
+        wait_until(lambda: _gate.wanted(str(db)), timeout_s=20)
+        with store._writer_connection(lambda: True) as connection:  # still a backlog, but someone waits
+            connection.execute("SELECT 1")
+        assert store._held is None
+        out, err = reader.communicate(timeout=60)
+    finally:
+        reader.kill()
+    assert reader.returncode == 0, err
+    assert int(out) == 0
+    store.submit_spans(spans)
+    assert store.flush(30)
+    assert store.sql("SELECT count(*) FROM spans")[0][0] == len(spans)
+    store.close()
+
+
+def test_the_kept_connection_is_closed_when_the_store_closes(tmp_path: Path) -> None:
+    db = tmp_path / "wf.duckdb"
+    store = TraceStore(db)
+    with store._writer_connection(lambda: True) as connection:
+        connection.execute("SELECT 1")
+    assert store._held is not None
+    store.submit_spans(make_spans(5))
+    store.close()
+    assert store._held is None
+    reader = start_reader(db, lock_timeout_s=0.5)
+    out, err = reader.communicate(timeout=60)
+    assert reader.returncode == 0, err
+    assert int(out) == 20
+
+
+_FORK_WHILE_KEPT = textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    from test_writer_connection import make_spans
+    from otel_workflow import TraceStore
+
+    folder = Path(sys.argv[1])
+    store = TraceStore(folder / "parent.duckdb")
+    with store._writer_connection(lambda: True) as connection:
+        connection.execute("SELECT 1")
+    assert store._held is not None
+    # The writer lets go when its next cycle sees the fork waiting; these spans make that cycle.
+    store.submit_spans(make_spans(5))
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:  # the child: nothing inherited, a store of its own
+        code = 1
+        try:
+            assert store._held is None
+            child = TraceStore(folder / "child.duckdb")
+            child.submit_spans(make_spans(2))
+            child.close()
+            code = 0 if child.dropped_spans == 0 else 2
+        finally:
+            os._exit(code)
+    waited = time.monotonic() - started
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    store.close()
+    print(code, round(waited, 3), store.dropped_spans)
+    """
+)
+
+
+def test_a_fork_waits_for_the_kept_connection_and_the_child_starts_without_it(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _FORK_WHILE_KEPT, str(tmp_path)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])},
+    )
+    assert done.returncode == 0, done.stderr
+    code, waited, dropped = done.stdout.split()
+    assert (code, dropped) == ("0", "0")
+    # Well within the 10 s the fork would wait for a connection that is never let go.
+    assert float(waited) < 5
+    for name, spans in (("parent", 20), ("child", 8)):
+        reader = TraceStore(tmp_path / f"{name}.duckdb", read_only=True)
+        assert reader.sql("SELECT count(*) FROM spans")[0][0] == spans
