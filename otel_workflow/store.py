@@ -2,9 +2,9 @@
 
 DuckDB lets one process hold a database file for writing, and a process
 cannot open a file another process holds. So the writer holds the file only
-for the length of one write cycle (one transaction per batch) and readers
-hold it only for one query; both retry briefly when they meet the other's
-lock. A CLI or notebook can therefore read while the application writes, and
+for the length of one write cycle (one transaction per batch), or while a
+backlog lasts and no other process asks for the file, and readers hold it only
+for one query; both retry briefly when they meet the other's lock. A CLI or notebook can therefore read while the application writes, and
 neither ever fails with a lock error. An in-memory store (`":memory:"`) keeps
 one connection for its lifetime, since closing it would lose the data.
 """
@@ -94,7 +94,8 @@ class _ConnectionGate:
     `connect()` returns it: its writes then go through a file handle whose lock
     belongs to the parent, and are silently lost (or worse). So `fork()` waits until
     no connection of ours is open and holds new ones back until it is done;
-    connections last one write cycle or one query, so the wait is short. Should one
+    connections last one write cycle or one query (the writer's kept connection is let go
+    at the end of its cycle once a fork waits), so the wait is short. Should one
     stay open past `_FORK_WAIT_S`, the child refuses to use that file rather than
     write through the inherited instance.
     """
