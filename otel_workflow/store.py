@@ -4,8 +4,9 @@ DuckDB lets one process hold a database file for writing, and a process
 cannot open a file another process holds. So the writer holds the file only
 for the length of one write cycle (one transaction per batch), or while a
 backlog lasts and no other process asks for the file, and readers hold it only
-for one query; both retry briefly when they meet the other's lock. A CLI or notebook can therefore read while the application writes, and
-neither ever fails with a lock error. An in-memory store (`":memory:"`) keeps
+for one query; both retry briefly when they meet the other's lock. A CLI or
+notebook can therefore read while the application writes, and neither ever
+fails with a lock error. An in-memory store (`":memory:"`) keeps
 one connection for its lifetime, since closing it would lose the data.
 """
 

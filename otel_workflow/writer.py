@@ -393,7 +393,10 @@ class BackgroundWriter:
         self._submitted += count
         if not self._running and not self._parked:
             self._start_thread()
-        if len(self._queue) >= self._batch_size:
+        queued = len(self._queue)
+        # The first item wakes a writer waiting on an empty queue (it then lingers for more); a full batch
+        # wakes one lingering.
+        if queued == count or queued >= self._batch_size:
             self._condition.notify_all()
 
     def _start_thread(self) -> threading.Thread | None:

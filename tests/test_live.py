@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Traced
 from support import wait_until
 
-from otel_workflow import Execution
+from otel_workflow import Execution, TraceStore, WorkflowTracer, configure
 
 
 def nothing_running(traced: Traced) -> None:
@@ -129,3 +131,28 @@ def test_an_execution_left_open_at_shutdown_is_marked_interrupted(traced: Traced
     assert traced.scalar("SELECT count(*) FROM running_spans WHERE interrupted_at IS NOT NULL") == 2
     logs = [m for (m,) in traced.rows("SELECT message FROM execution_logs WHERE level = 'error'")]
     assert any(m.startswith("Step failed: never-finished: interrupted") for m in logs), logs
+
+
+def test_spans_after_an_idle_spell_are_written_without_a_flush(tmp_path: Path) -> None:
+    # The writer sleeps while its queue is empty; the first span after that must wake it, or a quiet
+    # service's runs would only show up at the next flush or shutdown.
+    db = tmp_path / "live.duckdb"
+    telemetry = configure(db, service_name="quiet")
+    wf = WorkflowTracer("quiet", tracer_provider=telemetry.tracer_provider)
+    reader = TraceStore(db, read_only=True)
+
+    def stored(query: str) -> int:
+        return int(reader.sql(query)[0][0])
+
+    with wf.execution(), wf.step("first"):
+        pass
+    wait_until(lambda: stored("SELECT count(*) FROM spans") == 2, timeout_s=20)
+    time.sleep(1.5)  # idle: the writer has written everything and waits
+    with wf.execution() as run:
+        wait_until(
+            lambda: stored(f"SELECT count(*) FROM running_spans WHERE execution_id = '{run.execution_id}'"),
+            timeout_s=20,
+            what="the live row of an execution started after an idle spell",
+        )
+    wait_until(lambda: stored("SELECT count(*) FROM spans") == 3, timeout_s=20)
+    telemetry.shutdown()
