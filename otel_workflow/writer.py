@@ -273,6 +273,11 @@ class BackgroundWriter:
         # Held around "still wanted? then COMMIT", so that close() cannot give up on a batch mid-commit.
         self._commit_lock = threading.Lock()
         self._queue = _Queue()
+        # Spans that started, for live rows: the application threads append here under a lock of their
+        # own, so that they never wait for the condition's lock (held by a BatchSpanProcessor's submit of
+        # 512 spans, or by the writer); `_collect_started` moves them into `_queue`.
+        self._started: list[ReadableSpan] = []
+        self._started_lock = threading.Lock()
         self._in_flight: _Queue | None = None
         self._in_flight_committed = False
         self._submitted = 0
@@ -311,7 +316,16 @@ class BackgroundWriter:
             return self._size()
 
     def _size(self) -> int:
-        return len(self._queue) + (0 if self._in_flight is None else len(self._in_flight))
+        in_flight = self._in_flight
+        return len(self._queue) + len(self._started) + (0 if in_flight is None else len(in_flight))
+
+    def _collect_started(self) -> None:
+        """With the condition's lock held: move the started spans into the queue (counted as submitted)."""
+        with self._started_lock:
+            started, self._started = self._started, []
+        if started:
+            self._queue.running.extend(started)
+            self._submitted += len(started)
 
     # -- producers ---------------------------------------------------------------------------------
 
@@ -322,6 +336,7 @@ class BackgroundWriter:
         owners = [_owner(span) for span in spans]  # outside the lock: producers never wait for this
         dropped = whole = incomplete = evicted = 0
         with self._condition:
+            self._collect_started()
             if self._closed or self._closing:
                 reason, detail = SHUTDOWN, "submitted after shutdown"
                 dropped = len(spans)
@@ -374,19 +389,29 @@ class BackgroundWriter:
         return dropped == 0
 
     def submit_running(self, span: ReadableSpan, execution_id: str | None) -> bool:
-        """Queue a span that started, for its live row; False if it was not (counted as a live row)."""
-        with self._condition:
-            ok = (
-                not (self._closed or self._closing)
-                and self._size() < self._soft_limit
-                and (execution_id is None or execution_id not in self._refused)
-            )
-            if ok:
-                self._queue.running.append(span)
-                self._accepted(1)
-        if not ok:
+        """Queue a span that started, for its live row; False if it was not (counted as a live row).
+
+        Called on the application thread for every execution and step that starts: the checks read
+        without the lock (a live row only shows progress, a stale answer costs nothing), and only the
+        first span after the writer collected the others takes the condition's lock, to wake it.
+        """
+        if (
+            self._closed
+            or self._closing
+            or self._size() >= self._soft_limit
+            or (execution_id is not None and execution_id in self._refused)
+        ):
             self.drops.add_live_rows(1)
-        return ok
+            return False
+        with self._started_lock:
+            self._started.append(span)
+            first = len(self._started) == 1
+        if first:
+            with self._condition:
+                if not self._running and not self._parked:
+                    self._start_thread()
+                self._condition.notify_all()
+        return True
 
     def _accepted(self, count: int) -> None:
         """With the lock held: `count` items were appended to the queue."""
@@ -415,6 +440,7 @@ class BackgroundWriter:
         """Wait until everything submitted before this call is written or dropped."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._condition:
+            self._collect_started()
             target = self._submitted
             if self._completed >= target:
                 return True
@@ -466,6 +492,7 @@ class BackgroundWriter:
             with self._condition:
                 self._closed = True
                 finished = not stuck and not self._gave_up
+                self._collect_started()
                 if stuck:
                     # The writer is stuck (a hung disk): give up on its work.
                     self._abandoned = True
@@ -476,7 +503,11 @@ class BackgroundWriter:
                             lost_running += len(part.running)
                     self._queue, self._in_flight = _Queue(), None
                     self._completed = self._submitted
-                    self._condition.notify_all()
+                elif self._queue.running:  # spans that started after the final write: no live row
+                    lost_running = len(self._queue.running)
+                    self._completed += lost_running
+                    self._queue.running = []
+                self._condition.notify_all()
         finally:
             if committing:
                 self._commit_lock.release()
@@ -514,7 +545,7 @@ class BackgroundWriter:
                     self._running = False
                     self._condition.notify_all()
                     return None
-                if self._queue or self._closing or self._flush_wanted or self._forget:
+                if self._queue or self._started or self._closing or self._flush_wanted or self._forget:
                     break
                 self._condition.wait()
             deadline = time.monotonic() + self._flush_interval_s
@@ -529,6 +560,7 @@ class BackgroundWriter:
                 self._running = False
                 self._condition.notify_all()
                 return None
+            self._collect_started()
             queue = self._queue
             if len(queue.spans) > self._batch_size:
                 # A backlog is written in cycles of at most `batch_size` spans: converting all of it in one
@@ -611,6 +643,7 @@ class BackgroundWriter:
         with self._condition:
             if self._abandoned:
                 return
+            self._collect_started()
             rest, self._queue = self._queue, _Queue()
             self._gave_up = True
         self.drops.add(len(batch.spans) + len(rest.spans), SHUTDOWN, why)
