@@ -97,7 +97,8 @@ def make_provider(
         exporter = OTLPSpanExporter(endpoint=otlp_endpoint)
         provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=queue))
     elif setup == "ours":
-        store = TraceStore(folder / f"{time.monotonic_ns()}.duckdb", max_queued_spans=2 * queue)
+        # Each execution and step span is queued twice (started, for its live row, and finished).
+        store = TraceStore(folder / f"{time.monotonic_ns()}.duckdb", max_queued_spans=3 * queue)
         provider.add_span_processor(WorkflowSpanProcessor(store))
         provider.add_span_processor(BatchSpanProcessor(DuckDBSpanExporter(store), max_queue_size=queue))
     elif setup == "ours-processor":

@@ -77,7 +77,7 @@ class WorkflowSpanProcessor(SpanProcessor):
                     # The execution started elsewhere (another process) or its state was evicted.
                     counter = self._counters.setdefault(execution_id, itertools.count(1))
                 span.set_attribute(cv.STEP_SEQUENCE, next(counter))
-        elif cv.is_execution(name, attributes):
+        elif name == cv.EXECUTION_SPAN_NAME or cv.CICD_RUN_ID in attributes:  # role_of, knowing no step
             if execution_id is not None:
                 self._track(execution_id)
         else:
