@@ -114,6 +114,8 @@ _RUNNING_FIELDS: list[pa.Field[Any]] = [
 ]
 RUNNING_SCHEMA = pa.schema(_RUNNING_FIELDS)
 
+_WARM_UP_SCHEMA = pa.schema([pa.field("text", pa.string())])
+
 _STATUS_NAMES = {StatusCode.UNSET: "UNSET", StatusCode.OK: "OK", StatusCode.ERROR: "ERROR"}
 # `SpanKind.name` is a descriptor call per access; a lookup is a fraction of it.
 _KIND_NAMES = {kind: kind.name for kind in SpanKind}
@@ -255,6 +257,11 @@ class SpanConverter:
 
     def __init__(self) -> None:
         self._resources = _ResourceCache()
+        # pyarrow imports its pandas support (hundreds of modules when pandas is installed) on its first
+        # conversion of Python values. Done here, at set-up: in the writer thread, next to an application
+        # thread that keeps the GIL, every file the import reads cost a GIL hand-over, and the first
+        # write took seconds (benchmarks/memory.py, overload).
+        _table([("",)], _WARM_UP_SCHEMA)
 
     def finished(self, spans: Iterable[ReadableSpan]) -> SpanBatch:
         # The hot loop of the writer (its Python time is GIL time taken from the application): each
