@@ -16,8 +16,8 @@ HTTP client span under a step: 12 spans. Executions start 50 ms apart, steps las
 (the step and the execution are ERROR with a message), attributes are small JSON
 objects, every step has one event. One write transaction per 1M spans.
 
-Then each query runs `--repeat` times on a fresh read-only connection (the way the CLI
-and a notebook read) after one warm-up; the median is printed:
+Then each query runs `--repeat` times on one read-only connection (opened once, as a
+notebook keeps it; the CLI opens one per command) after one warm-up; the median is printed:
 
 - executions: newest 50 failed executions (`queries.list_executions`, what `otel-workflow executions` runs);
 - waterfall: one execution with its steps and all spans of its trace (`queries.get_execution`, `show`);

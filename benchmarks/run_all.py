@@ -3,7 +3,7 @@
 Run from the repository root:
 
     . .venv/bin/activate
-    python benchmarks/run_all.py                        # default sizes; about 6 minutes on 2 vCPUs
+    python benchmarks/run_all.py                        # default sizes; about 5 minutes on 2 vCPUs
     python benchmarks/run_all.py --quick                # tiny sizes, about 25 s: what CI runs
     python benchmarks/run_all.py --only queries --only memory
 
