@@ -18,7 +18,8 @@ by a thread), and at the end, with what was stored and what was dropped:
   stay bounded and the drop count must say what was lost.
 - `baseline`: the same process with the SDK and no processor, producing the same spans (the floor).
 - `10m`: a store opened on a database that already holds `--big` spans (made by benchmarks/queries.py's
-  generator) while `--more` (100,000) more are ingested: RSS at a large database.
+  generator) while `--more` (100,000) more are ingested: RSS at a large database. Run twice: as installed,
+  and as if pandas were not installed (pyarrow imports it, about 50 MB, on its first conversion).
 """
 
 from __future__ import annotations
@@ -84,13 +85,26 @@ if store is not None:
     stored = reader.sql("SELECT count(*) FROM spans")[0][0]
 stop.set()
 print(json.dumps({"before": before, "peak": peak[0], "after": rss_mb(), "made": made, "stored": stored,
-                  "dropped": dropped, "seconds": elapsed}))
+                  "dropped": dropped, "seconds": elapsed, "pandas": "pandas" in sys.modules}))
+"""
+
+# pyarrow imports pandas (about 50 MB of RSS) on its first conversion of Python values when pandas is
+# installed, as it is with this project's test extra; this makes the scenario run as if it were not.
+_WITHOUT_PANDAS = r"""
+import sys
+class _NoPandas:
+    def find_spec(self, name, path=None, target=None):
+        if name == "pandas" or name.startswith("pandas."):
+            raise ImportError("pandas is not installed (benchmarks/memory.py)")
+        return None
+sys.meta_path.insert(0, _NoPandas())
 """
 
 
-def run(scenario: str, spans: int, db: Path) -> dict[str, float]:
+def run(scenario: str, spans: int, db: Path, *, pandas: bool = True) -> dict[str, float]:
+    code = _SCENARIO if pandas else _WITHOUT_PANDAS + _SCENARIO
     out = subprocess.run(
-        [sys.executable, "-c", _SCENARIO, scenario, str(spans), str(db)],
+        [sys.executable, "-c", code, scenario, str(spans), str(db)],
         check=True,
         # stdout only: a failing scenario's traceback goes to our stderr instead of being swallowed.
         stdout=subprocess.PIPE,
@@ -131,11 +145,14 @@ def main() -> None:
             with duckdb.connect(str(big)) as connection:
                 ensure_schema(connection)
                 generate(connection, args.big)
-            result = run("10m", args.more, big)
-            print(
-                f"  {args.big:,} stored, then {args.more:,} more ingested: RSS peak {result['peak']:.0f} MB, "
-                f"after {result['after']:.0f} MB, dropped {result['dropped']:,.0f}"
-            )
+            for pandas in (True, False):
+                result = run("10m", args.more, big, pandas=pandas)
+                print(
+                    f"  {args.big:,} stored, then {args.more:,} more ingested "
+                    f"({'with' if result['pandas'] else 'without'} pandas imported): "
+                    f"RSS peak {result['peak']:.0f} MB, after {result['after']:.0f} MB, "
+                    f"dropped {result['dropped']:,.0f}"
+                )
 
 
 if __name__ == "__main__":
