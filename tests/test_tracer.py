@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import re
+import subprocess
+import sys
 import threading
+import uuid
 from typing import Any
 
 import pytest
@@ -13,6 +17,7 @@ from conftest import CONFIG_VERSION, SERVICE_NAME, WORKFLOW_ID, Traced
 from opentelemetry.trace import format_span_id, format_trace_id
 
 from otel_workflow import Execution, Step, WorkflowTracer, capture_io
+from otel_workflow.tracer import new_execution_id
 
 EXEC_COLUMNS = (
     "id, workflow_id, trigger_type, status, triggered_by, started_at, completed_at, duration_ms, "
@@ -529,3 +534,36 @@ def test_step_handle_has_the_design_methods(traced: Traced) -> None:
     with traced.wf.execution(), traced.wf.step("s") as step:
         for name in ("span", "record_input", "record_output", "skip", "mark_compensated"):
             assert hasattr(step, name), name
+
+
+def test_execution_ids_are_uuid4_and_ignore_the_applications_random_seed() -> None:
+    random.seed(7)
+    first = new_execution_id()
+    random.seed(7)
+    second = new_execution_id()
+    assert first != second
+    assert {uuid.UUID(first).version, uuid.UUID(second).version} == {4}
+
+
+_FORKED_IDS = """
+import os
+from otel_workflow.tracer import new_execution_id
+
+new_execution_id()
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.write(write, new_execution_id().encode())
+    os._exit(0)
+os.waitpid(pid, 0)
+print(os.read(read, 100).decode(), new_execution_id())
+"""
+
+
+def test_a_forked_child_draws_other_execution_ids_than_its_parent() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _FORKED_IDS], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    child, parent = done.stdout.split()
+    assert child != parent
