@@ -12,10 +12,13 @@ import os
 import random
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from conftest import make_traced
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
 from reliability_support import check_database
 
 from otel_workflow import TraceStore, WorkflowTracer
@@ -79,6 +82,16 @@ def test_threads_and_tasks_for_a_while_then_every_derived_row_matches_the_raw_sp
     traced = make_traced(db_path)
     wf = traced.wf
     tally = Tally()
+    # What the SDK's BatchSpanProcessor hands over: under this load its own queue can overflow, and the
+    # spans it drops there never reach us (the SDK counts them in its own metric, not in ours).
+    handed_over = [0]
+    export = traced.exporter.export
+
+    def counting_export(spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        handed_over[0] += len(spans)  # the processor's single worker thread calls this
+        return export(spans)
+
+    traced.exporter.export = counting_export  # type: ignore[method-assign]
     stop_at = time.monotonic() + SOAK_S
     errors: list[BaseException] = []
 
@@ -114,9 +127,10 @@ def test_threads_and_tasks_for_a_while_then_every_derived_row_matches_the_raw_sp
     traced.finish()
     store = traced.store
     stored = store.sql("SELECT count(*) FROM spans")[0][0]
-    assert stored + store.dropped_spans == tally.spans
+    # Every span handed to us is stored or counted as dropped.
+    assert stored + store.dropped_spans == handed_over[0] <= tally.spans
     assert tally.executions > 1000
-    if store.dropped_spans == 0:
+    if store.dropped_spans == 0 and handed_over[0] == tally.spans:
         assert store.sql("SELECT count(*) FROM workflow_executions") == [(tally.executions,)]
         assert store.sql("SELECT count(*) FROM execution_steps") == [(tally.steps,)]
     store.close()
