@@ -2,10 +2,11 @@
 
 It runs in `on_start`, on the application thread, so it does only dictionary
 work there: no I/O, no locks held across calls. With a store it also queues a
-live row for each execution and step span, so a long execution is
-visible, with its current step, while it runs (the span itself is queued; the
-writer builds the row only if the span is still running when it gets to it). Per-execution state lives only
-until the execution span ends, so memory does not grow with the number of runs.
+live row for each execution and step span, so a long execution is visible,
+with its current step, while it runs (the span itself is queued; the writer
+builds the row only if the span is still running when it gets to it).
+Per-execution state lives only until the execution span ends, so memory does
+not grow with the number of runs.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ class WorkflowSpanProcessor(SpanProcessor):
         # Plain-dict views: lookups through the SDK's Mapping wrappers cost a lock and an exception each.
         attributes = span_attributes(span)
         name = span.name
-        step = cv.is_step(name, attributes)
+        role = cv.role_of(name, attributes)
+        step = role == cv.ROLE_STEP
         execution_id = cv.execution_id_of(attributes)
         if execution_id is None or step:
             parent = trace.get_current_span(parent_context)
@@ -77,7 +79,7 @@ class WorkflowSpanProcessor(SpanProcessor):
                     # The execution started elsewhere (another process) or its state was evicted.
                     counter = self._counters.setdefault(execution_id, itertools.count(1))
                 span.set_attribute(cv.STEP_SEQUENCE, next(counter))
-        elif name == cv.EXECUTION_SPAN_NAME or cv.CICD_RUN_ID in attributes:  # role_of, knowing no step
+        elif role == cv.ROLE_EXECUTION:
             if execution_id is not None:
                 self._track(execution_id)
         else:
