@@ -257,11 +257,6 @@ class SpanConverter:
 
     def __init__(self) -> None:
         self._resources = _ResourceCache()
-        # pyarrow imports its pandas support (hundreds of modules when pandas is installed) on its first
-        # conversion of Python values. Done here, at set-up: in the writer thread, next to an application
-        # thread that keeps the GIL, every file the import reads cost a GIL hand-over, and the first
-        # write took seconds (benchmarks/memory.py, overload).
-        _table([("",)], _WARM_UP_SCHEMA)
 
     def finished(self, spans: Iterable[ReadableSpan]) -> SpanBatch:
         # The hot loop of the writer (its Python time is GIL time taken from the application): each
@@ -382,6 +377,17 @@ def _sequence_of(span: ReadableSpan, field: str) -> Sequence[Any]:
 
 # Classes whose `events`/`links` are known to be copies of `_events`/`_links` (a subclass may differ).
 _SDK_SPAN_TYPES: Final = (ReadableSpan, Span)
+
+
+def prepare_conversion() -> None:
+    """Make pyarrow load what its first conversion of Python values loads, on the calling thread.
+
+    That is its pandas support: hundreds of modules (about 50 MB) when pandas is installed. A store that
+    writes calls this at set-up: in the writer thread, next to an application thread that keeps the GIL,
+    every file the import reads cost a GIL hand-over, and the first write took seconds
+    (benchmarks/memory.py, overload). A read-only store never converts, so it does not pay for it.
+    """
+    _table([("",)], _WARM_UP_SCHEMA)
 
 
 def _io_payload(attributes: Mapping[str, Any]) -> str | None:

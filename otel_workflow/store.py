@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_workflow import queries
-from otel_workflow.rows import RunningRecord, SpanBatch, SpanConverter, running_table
+from otel_workflow.rows import RunningRecord, SpanBatch, SpanConverter, prepare_conversion, running_table
 from otel_workflow.schema import SchemaVersionError, derive, ensure_schema, rebuild_derived
 from otel_workflow.writer import BackgroundWriter, RetryLater
 
@@ -433,6 +433,7 @@ class TraceStore:
             shutdown_timeout_s=shutdown_timeout_s,
         )
         if not read_only:
+            prepare_conversion()
             # Flush at exit without closing: the TracerProvider's exit hook may still export after this.
             atexit.register(_flush_at_exit, weakref.ref(self))
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -328,3 +330,19 @@ def test_derived_tables_rebuild_from_the_raw_spans_alone(traced: Traced) -> None
     traced.store.rebuild_derived()
     assert traced.store.sql(query_executions) == executions
     assert traced.store.sql(query_steps) == steps
+
+
+def test_a_read_only_store_does_not_load_what_only_writing_needs(tmp_path: Path) -> None:
+    # pyarrow's pandas support (about 50 MB, 0.2 s) is loaded at set-up by a store that writes; a CLI
+    # command, which only reads, must not pay for it.
+    db = tmp_path / "traces.duckdb"
+    TraceStore(db).close()
+    code = (
+        "import sys\n"
+        "from otel_workflow import TraceStore\n"
+        "TraceStore(sys.argv[1], read_only=True).sql('SELECT count(*) FROM spans')\n"
+        "print('pyarrow.pandas_compat' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(db)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
