@@ -20,7 +20,6 @@ import orjson
 import pyarrow as pa
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span
-from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_workflow import conventions as cv
@@ -269,8 +268,8 @@ class SpanConverter:
             context = span.context
             if context is None:
                 continue
-            trace_id = f"{context.trace_id:032x}"
-            span_id = f"{context.span_id:016x}"
+            trace_id = hex_trace_id(context.trace_id)
+            span_id = hex_span_id(context.span_id)
             parent = span.parent
             attributes = span_attributes(span)
             name = span.name
@@ -286,7 +285,9 @@ class SpanConverter:
             role = found.role
             failed = status_code is StatusCode.ERROR or found.declared_status == "failed"
             input_data = output_data = None
-            events = _sequence_of(span, "_events")
+            # Without the public properties' copies (they copy twice, under a lock) where we know the class.
+            sdk_span = type(span) in _SDK_SPAN_TYPES
+            events = span._events if sdk_span else span.events
             if events:
                 for index, event in enumerate(events):
                     event_name = event.name
@@ -307,7 +308,7 @@ class SpanConverter:
                             attributes_json(event_attributes),
                         )
                     )
-            links = _sequence_of(span, "_links")
+            links = span._links if sdk_span else span.links
             if links:
                 for index, link in enumerate(links):
                     link_rows.append(
@@ -315,8 +316,8 @@ class SpanConverter:
                             trace_id,
                             span_id,
                             index,
-                            f"{link.context.trace_id:032x}",
-                            f"{link.context.span_id:016x}",
+                            hex_trace_id(link.context.trace_id),
+                            hex_span_id(link.context.span_id),
                             attributes_json(link.attributes),
                         )
                     )
@@ -324,7 +325,7 @@ class SpanConverter:
                 (
                     trace_id,
                     span_id,
-                    None if parent is None else f"{parent.span_id:016x}",
+                    None if parent is None else hex_span_id(parent.span_id),
                     name,
                     _KIND_NAMES[span.kind],
                     start // 1000,
@@ -365,14 +366,6 @@ class SpanConverter:
 
 
 _IO_EVENTS: Final = frozenset((cv.IO_INPUT_EVENT, cv.EXECUTION_INPUT_EVENT, cv.IO_OUTPUT_EVENT))
-
-
-def _sequence_of(span: ReadableSpan, field: str) -> Sequence[Any]:
-    """A span's events or links without the public property's copy (it copies twice, under a lock)."""
-    inner = getattr(span, field, None) if type(span) in _SDK_SPAN_TYPES else None
-    if isinstance(inner, BoundedList | tuple | list):
-        return inner
-    return span.events if field == "_events" else span.links
 
 
 # Classes whose `events`/`links` are known to be copies of `_events`/`_links` (a subclass may differ).
