@@ -121,14 +121,26 @@ class Recognised:
 _INT64_MAX: Final = 2**63 - 1
 
 
-def _sequence(value: Any) -> int | None:
+def step_sequence(value: Any) -> int | None:
+    """A step's sequence number from an attribute value: an int, or text of decimal digits, in BIGINT."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
+    if isinstance(value, str):
+        digits = value.strip()
+        if not digits.isdecimal():
+            return None
+        try:
+            value = int(digits)
+        except ValueError:  # beyond int()'s limit on digits
+            return None
     if isinstance(value, int) and -_INT64_MAX <= value <= _INT64_MAX:
-        return value
+        return int(value)
     return None
+
+
+def declared_result(value: Any) -> str | None:
+    """Our status for a CI/CD result value (`cicd.pipeline.result`, `...task.run.result`), if any."""
+    return _CICD_RESULTS.get(str(value).lower()) if value else None
 
 
 _NOT_WORKFLOW: Final = Recognised(role=None, execution_id=None)
@@ -143,34 +155,32 @@ def recognise(name: str, attributes: Mapping[str, Any]) -> Recognised:
     if role is None:
         # Most spans are neither: share one result instead of building one per span.
         return _NOT_WORKFLOW if execution_id is None else Recognised(role=None, execution_id=execution_id)
-    workflow_id = _text(_pick(get, _WORKFLOW_ID_KEYS))
+    workflow_id = _text(_pick(get, WORKFLOW_ID_KEYS))
     if role == ROLE_EXECUTION:
-        result = get(CICD_RESULT)
         return Recognised(
             role,
             execution_id,
             workflow_id,
-            declared_status=_CICD_RESULTS.get(str(result).lower()) if result else None,
-            trigger_type=_text(_pick(get, _TRIGGER_TYPE_KEYS)),
-            triggered_by=_text(_pick(get, _TRIGGERED_BY_KEYS)),
-            config_version=_text(_pick(get, _CONFIG_VERSION_KEYS)),
+            declared_status=declared_result(get(CICD_RESULT)),
+            trigger_type=_text(_pick(get, TRIGGER_TYPE_KEYS)),
+            triggered_by=_text(_pick(get, TRIGGERED_BY_KEYS)),
+            config_version=_text(_pick(get, CONFIG_VERSION_KEYS)),
             capture_io=get(CAPTURE_IO) is True,
         )
-    step_name = _pick(get, _STEP_NAME_KEYS)
+    step_name = _pick(get, STEP_NAME_KEYS)
     if step_name is None:
         step_name = name[len(STEP_SPAN_PREFIX) :] if name.startswith(STEP_SPAN_PREFIX) else name
-    declared = _pick(get, _STEP_STATUS_KEYS)
+    declared = _pick(get, STEP_STATUS_KEYS)
     if declared is None:
-        result = get(CICD_TASK_RESULT)
-        declared = _CICD_RESULTS.get(str(result).lower()) if result else None
+        declared = declared_result(get(CICD_TASK_RESULT))
     return Recognised(
         role,
         execution_id,
         workflow_id,
         str(step_name),
-        _text(_pick(get, _STEP_TYPE_KEYS)),
-        _sequence(_pick(get, _STEP_SEQUENCE_KEYS)),
-        _text(_pick(get, _STEP_PARENT_KEYS)),
+        _text(_pick(get, STEP_TYPE_KEYS)),
+        step_sequence(_pick(get, STEP_SEQUENCE_KEYS)),
+        _text(_pick(get, STEP_PARENT_KEYS)),
         _text(declared),
     )
 
@@ -184,12 +194,12 @@ def _pick(get: Callable[[str], Any], keys: tuple[str, ...]) -> Any:
     return None
 
 
-_WORKFLOW_ID_KEYS: Final = (WORKFLOW_ID, CICD_PIPELINE_NAME)
-_TRIGGER_TYPE_KEYS: Final = (TRIGGER_TYPE,)
-_TRIGGERED_BY_KEYS: Final = (TRIGGERED_BY,)
-_CONFIG_VERSION_KEYS: Final = (CONFIG_VERSION,)
-_STEP_NAME_KEYS: Final = (STEP_NAME, GO_STEP_NAME, CICD_TASK_NAME)
-_STEP_STATUS_KEYS: Final = (STEP_STATUS,)
-_STEP_TYPE_KEYS: Final = (STEP_TYPE, GO_STEP_TYPE, CICD_TASK_TYPE)
-_STEP_SEQUENCE_KEYS: Final = (STEP_SEQUENCE, GO_STEP_SEQUENCE)
-_STEP_PARENT_KEYS: Final = (STEP_PARENT_ID,)
+WORKFLOW_ID_KEYS: Final = (WORKFLOW_ID, CICD_PIPELINE_NAME)
+TRIGGER_TYPE_KEYS: Final = (TRIGGER_TYPE,)
+TRIGGERED_BY_KEYS: Final = (TRIGGERED_BY,)
+CONFIG_VERSION_KEYS: Final = (CONFIG_VERSION,)
+STEP_NAME_KEYS: Final = (STEP_NAME, GO_STEP_NAME, CICD_TASK_NAME)
+STEP_STATUS_KEYS: Final = (STEP_STATUS,)
+STEP_TYPE_KEYS: Final = (STEP_TYPE, GO_STEP_TYPE, CICD_TASK_TYPE)
+STEP_SEQUENCE_KEYS: Final = (STEP_SEQUENCE, GO_STEP_SEQUENCE)
+STEP_PARENT_KEYS: Final = (STEP_PARENT_ID,)

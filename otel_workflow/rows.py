@@ -1,29 +1,43 @@
 """Conversion of OpenTelemetry spans into Arrow batches shaped like the DuckDB tables.
 
 One finished span becomes one `spans` row (with the promoted workflow columns),
-one `span_events` row per event and one `span_links` row per link. A span that
-has just started becomes one `running_spans` row. Nothing here raises on odd
-input: values that JSON cannot hold are stored as text, and strings that are
-not valid UTF-8 (lone surrogates) are stored with replacement characters.
+one `span_events` row per event and one `span_links` row per link. A workflow span
+that is still running becomes one `running_spans` row, cut from its `spans` row.
+Nothing here raises on odd input: values that JSON cannot hold are stored as text,
+and strings that are not valid UTF-8 (lone surrogates) are stored with replacement
+characters.
+
+The conversion runs in C (`_spanrows.c`, built at install where a compiler is found)
+and in Python (`SpanConverter._python_batch`), which is the reference: both give the
+same rows (tests/test_native_rows.py), and whatever the C code does not read (a span
+class of another shape, an odd value) it hands to the Python loop.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, Span
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.sdk.trace import Event, ReadableSpan, Span
+from opentelemetry.sdk.util import BoundedList
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from otel_workflow import conventions as cv
 from otel_workflow.text import utf8
+
+try:
+    from otel_workflow import _spanrows
+except ImportError:  # installed where no C compiler was found: the Python loop does the same work
+    _spanrows = None  # type: ignore[assignment]
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -84,34 +98,26 @@ _LINKS_FIELDS: list[pa.Field[Any]] = [
 ]
 LINKS_SCHEMA = pa.schema(_LINKS_FIELDS)
 
-# A live row has the columns of `spans` that are known when a span starts, plus who wrote it.
-_RUNNING_FIELDS: list[pa.Field[Any]] = [
-    *(
-        SPANS_SCHEMA.field(name)
-        for name in (
-            "trace_id",
-            "span_id",
-            "parent_span_id",
-            "name",
-            "start_time",
-            "service_name",
-            "workflow_role",
-            "execution_id",
-            "workflow_id",
-            "step_name",
-            "step_type",
-            "step_sequence",
-            "parent_step_id",
-            "trigger_type",
-            "triggered_by",
-            "config_version",
-            "capture_io",
-        )
-    ),
-    pa.field("writer_id", pa.string()),
-    pa.field("pid", pa.int64()),
-]
-RUNNING_SCHEMA = pa.schema(_RUNNING_FIELDS)
+# A live row has the columns of `spans` that are known when a span starts (then who wrote it, added in SQL).
+RUNNING_COLUMNS: Final = (
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "name",
+    "start_time",
+    "service_name",
+    "workflow_role",
+    "execution_id",
+    "workflow_id",
+    "step_name",
+    "step_type",
+    "step_sequence",
+    "parent_step_id",
+    "trigger_type",
+    "triggered_by",
+    "config_version",
+    "capture_io",
+)
 
 _WARM_UP_SCHEMA = pa.schema([pa.field("text", pa.string())])
 
@@ -188,8 +194,7 @@ def hex_span_id(span_id: int) -> str:
     return f"{span_id:016x}"
 
 
-@dataclass(slots=True)
-class _ResourceInfo:
+class _ResourceInfo(NamedTuple):
     service_name: str | None
     attributes_json: str
 
@@ -252,14 +257,27 @@ class SpanBatch:
 
 
 class SpanConverter:
-    """Builds Arrow batches from SDK spans; reuses resource descriptions across batches."""
+    """Builds Arrow batches from SDK spans; reuses resource descriptions across batches.
 
-    def __init__(self) -> None:
+    `native=False` keeps to the Python loop (the reference the C converter is tested against).
+    """
+
+    def __init__(self, *, native: bool = True) -> None:
         self._resources = _ResourceCache()
+        self.native = native and _spanrows is not None
 
     def finished(self, spans: Iterable[ReadableSpan]) -> SpanBatch:
-        # The hot loop of the writer (its Python time is GIL time taken from the application): each
-        # value is read once, and text is not checked here but per column in `_array`.
+        """Rows for `spans`; spans without a context are left out."""
+        if self.native:
+            listed = spans if type(spans) is list else list(spans)
+            batch = _native_batch(listed, self._resources.get)
+            if batch is not None:
+                return batch
+            spans = listed
+        return self._python_batch(spans)
+
+    def _python_batch(self, spans: Iterable[ReadableSpan]) -> SpanBatch:
+        # Each value is read once, and text is not checked here but per column in `_array`.
         span_rows: list[tuple[Any, ...]] = []
         event_rows: list[tuple[Any, ...]] = []
         link_rows: list[tuple[Any, ...]] = []
@@ -371,6 +389,123 @@ _IO_EVENTS: Final = frozenset((cv.IO_INPUT_EVENT, cv.EXECUTION_INPUT_EVENT, cv.I
 # Classes whose `events`/`links` are known to be copies of `_events`/`_links` (a subclass may differ).
 _SDK_SPAN_TYPES: Final = (ReadableSpan, Span)
 
+# What the C converter reads through the private fields behind these public accessors.
+_SPAN_ACCESSORS: Final = (
+    "context",
+    "name",
+    "kind",
+    "parent",
+    "start_time",
+    "end_time",
+    "attributes",
+    "events",
+    "links",
+    "resource",
+    "status",
+    "instrumentation_scope",
+)
+# Span classes the C converter reads (those that keep ReadableSpan's accessors), and those it does not.
+_NATIVE_TYPES: set[type] = set()
+_PYTHON_TYPES: set[type] = set()
+
+
+def _admit(kind: object) -> bool:
+    """Whether the C converter may read spans of class `kind` (decided once per class)."""
+    if not isinstance(kind, type) or kind in _PYTHON_TYPES:
+        return False
+    if issubclass(kind, ReadableSpan) and all(
+        getattr(kind, name, None) is getattr(ReadableSpan, name) for name in _SPAN_ACCESSORS
+    ):
+        _NATIVE_TYPES.add(kind)
+        return True
+    _PYTHON_TYPES.add(kind)
+    return False
+
+
+class _ExportedBatch:
+    """A record batch made in C, in the Arrow PyCapsule interface, for `pa.record_batch`."""
+
+    __slots__ = ("_array", "_schema")
+
+    def __init__(self, schema: pa.Schema, array: object) -> None:
+        self._schema = schema
+        self._array = array
+
+    def __arrow_c_array__(self, requested_schema: object = None) -> tuple[object, object]:
+        return self._schema.__arrow_c_schema__(), self._array
+
+
+def _native_batch(
+    spans: list[ReadableSpan], describe_resource: Callable[[Resource | None], _ResourceInfo]
+) -> SpanBatch | None:
+    """The batch made by the C converter, or None where the Python loop must make it."""
+    while True:
+        try:
+            made = _spanrows.finished(spans, _NATIVE_TYPES, describe_resource)
+        except _spanrows.Unsupported as exc:
+            if exc.args and _admit(exc.args[0]):
+                continue  # a class seen for the first time, and readable: again, with it
+            return None
+        except Exception:
+            # An odd value: the Python loop gives its rows, or the error that isolates the span.
+            return None
+        tables = [
+            pa.Table.from_batches([pa.record_batch(_ExportedBatch(schema, array))])
+            for schema, array in zip((SPANS_SCHEMA, EVENTS_SCHEMA, LINKS_SCHEMA), made, strict=True)
+        ]
+        return SpanBatch(spans=tables[0], events=tables[1], links=tables[2])
+
+
+def _configure_native() -> None:
+    if _spanrows is None:
+        return
+    _admit(ReadableSpan)
+    _admit(Span)
+    _spanrows.configure(
+        {
+            "status_error": StatusCode.ERROR,
+            "status_names": _STATUS_NAMES,
+            "kind_names": _KIND_NAMES,
+            "bounded_list": BoundedList,
+            "bounded_attributes": BoundedAttributes,
+            "sdk_span_types": _SDK_SPAN_TYPES,
+            "status_type": Status,
+            "event_type": Event,
+            "link_type": Link,
+            "orjson_dumps": orjson.dumps,
+            "attributes_json": attributes_json,
+            "utf8": utf8,
+            "io_payload": _io_payload,
+            "error_message": _error_message,
+            "sequence": cv.step_sequence,
+            "declared_result": cv.declared_result,
+            "scope_type": InstrumentationScope,
+            "io_events": _IO_EVENTS,
+            "io_output_event": cv.IO_OUTPUT_EVENT,
+            "step_prefix": cv.STEP_SPAN_PREFIX,
+            "execution_name": cv.EXECUTION_SPAN_NAME,
+            "role_step": cv.ROLE_STEP,
+            "role_execution": cv.ROLE_EXECUTION,
+            "step_name": cv.STEP_NAME,
+            "cicd_task_run_id": cv.CICD_TASK_RUN_ID,
+            "cicd_task_name": cv.CICD_TASK_NAME,
+            "cicd_run_id": cv.CICD_RUN_ID,
+            "cicd_result": cv.CICD_RESULT,
+            "cicd_task_result": cv.CICD_TASK_RESULT,
+            "capture_io": cv.CAPTURE_IO,
+            "execution_id_keys": cv.EXECUTION_ID_KEYS,
+            "workflow_id_keys": cv.WORKFLOW_ID_KEYS,
+            "trigger_type_keys": cv.TRIGGER_TYPE_KEYS,
+            "triggered_by_keys": cv.TRIGGERED_BY_KEYS,
+            "config_version_keys": cv.CONFIG_VERSION_KEYS,
+            "step_name_keys": cv.STEP_NAME_KEYS,
+            "step_status_keys": cv.STEP_STATUS_KEYS,
+            "step_type_keys": cv.STEP_TYPE_KEYS,
+            "step_sequence_keys": cv.STEP_SEQUENCE_KEYS,
+            "step_parent_keys": cv.STEP_PARENT_KEYS,
+        }
+    )
+
 
 def prepare_conversion() -> None:
     """Make pyarrow load what its first conversion of Python values loads, on the calling thread.
@@ -414,65 +549,10 @@ def _array(values: Sequence[Any], kind: pa.DataType) -> pa.Array[Any]:
         return pa.array([utf8(v) if isinstance(v, str) else v for v in values], type=kind)
 
 
-@dataclass(frozen=True, slots=True)
-class RunningRecord:
-    """What the processor knows of an execution or step span when it starts."""
-
-    trace_id: str
-    span_id: str
-    parent_span_id: str | None
-    name: str
-    start_time_us: int
-    service_name: str | None
-    found: cv.Recognised
-
-    @classmethod
-    def of(cls, span: ReadableSpan) -> RunningRecord | None:
-        context = span.context
-        if context is None:
-            return None
-        attributes = span_attributes(span)
-        name = utf8(span.name)
-        found = cv.recognise(name, attributes)
-        if found.role is None:
-            return None
-        resource = span.resource
-        service = None if resource is None else resource.attributes.get("service.name")
-        return cls(
-            trace_id=hex_trace_id(context.trace_id),
-            span_id=hex_span_id(context.span_id),
-            parent_span_id=None if span.parent is None else hex_span_id(span.parent.span_id),
-            name=name,
-            start_time_us=(span.start_time or 0) // 1000,
-            service_name=None if service is None else str(service),
-            found=found,
-        )
+def running_rows(spans: pa.Table) -> pa.Table | None:
+    """The `running_spans` columns of the workflow spans among converted `spans` (None if there are none)."""
+    live = spans.filter(pc.is_valid(spans["workflow_role"])).select(RUNNING_COLUMNS)
+    return live if live.num_rows else None
 
 
-def running_table(records: Sequence[RunningRecord], writer_id: str) -> pa.Table:
-    pid = os.getpid()
-    rows = [
-        (
-            r.trace_id,
-            r.span_id,
-            r.parent_span_id,
-            r.name,
-            r.start_time_us,
-            r.service_name,
-            r.found.role,
-            r.found.execution_id,
-            r.found.workflow_id,
-            r.found.step_name,
-            r.found.step_type,
-            r.found.step_sequence,
-            r.found.parent_step_id,
-            r.found.trigger_type,
-            r.found.triggered_by,
-            r.found.config_version,
-            r.found.capture_io,
-            writer_id,
-            pid,
-        )
-        for r in records
-    ]
-    return _table(rows, RUNNING_SCHEMA)
+_configure_native()

@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_workflow import queries
-from otel_workflow.rows import RunningRecord, SpanBatch, SpanConverter, prepare_conversion, running_table
+from otel_workflow.rows import SpanBatch, SpanConverter, prepare_conversion, running_rows
 from otel_workflow.schema import SchemaVersionError, derive, ensure_schema, rebuild_derived
 from otel_workflow.writer import BackgroundWriter, RetryLater
 
@@ -433,7 +433,8 @@ class TraceStore:
             shutdown_timeout_s=shutdown_timeout_s,
         )
         if not read_only:
-            prepare_conversion()
+            if not self._converter.native:
+                prepare_conversion()
             # Flush at exit without closing: the TracerProvider's exit hook may still export after this.
             atexit.register(_flush_at_exit, weakref.ref(self))
 
@@ -692,7 +693,10 @@ class TraceStore:
                 try:
                     if live is not None:
                         connection.register("_running_batch", live)
-                        connection.execute("INSERT INTO running_spans SELECT *, NULL FROM _running_batch")
+                        connection.execute(
+                            "INSERT INTO running_spans SELECT *, ?, ?, NULL FROM _running_batch",
+                            [self._writer_id, os.getpid()],
+                        )
                         connection.unregister("_running_batch")
                     if batch is not None:
                         _insert_finished(connection, batch)
@@ -762,37 +766,11 @@ class TraceStore:
 
     def _running_rows(self, started: Sequence[ReadableSpan]) -> pa.Table | None:
         """Live rows for the spans that are still running (an ended one is in this or a coming batch)."""
-        records: list[RunningRecord] = []
-        failed = 0
-        for span in started:
-            if span.end_time is not None:
-                continue
-            try:
-                record = RunningRecord.of(span)
-            except Exception:
-                logger.debug("otel-workflow left out a live row it could not convert", exc_info=True)
-                failed += 1
-            else:
-                if record is not None:
-                    records.append(record)
-        table = None
-        try:
-            if records:
-                table = running_table(records, self._writer_id)
-        except Exception:
-            kept = []
-            for record in records:
-                try:
-                    running_table([record], self._writer_id)
-                except Exception:
-                    logger.debug("otel-workflow left out a live row it could not convert", exc_info=True)
-                else:
-                    kept.append(record)
-            failed += len(records) - len(kept)
-            table = running_table(kept, self._writer_id) if kept else None
+        running = [span for span in started if span.end_time is None]
+        batch, failed = self._convert(running)
         if failed:
             self._writer.drops.add_live_rows(failed)
-        return table
+        return None if batch is None else running_rows(batch.spans)
 
     # -- read side -------------------------------------------------------------------------------
 

@@ -1,0 +1,1366 @@
+/*
+ * The writer's hot loop in C: SDK spans -> Arrow record batches (spans, span_events, span_links).
+ *
+ * `otel_workflow.rows.SpanConverter` is the reference: this module produces the same rows, column
+ * for column (tests/test_native_rows.py compares them on generated spans). It exists because the
+ * writer's Python time is GIL time taken from the application it observes (about 15 us per span in
+ * Python, README "Performance"). Anything out of the ordinary is handed back to Python, either for
+ * one value (a helper from `configure`) or for the whole slice (an exception; the caller then uses
+ * the Python converter), so odd input keeps the Python converter's behaviour.
+ *
+ * The batches leave through the Arrow C data interface as PyCapsules ("arrow_array"); the caller
+ * pairs them with the schemas of rows.py.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <limits.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- Arrow C data interface (https://arrow.apache.org/docs/format/CDataInterface.html) ---- */
+
+struct ArrowArray {
+    int64_t length;
+    int64_t null_count;
+    int64_t offset;
+    int64_t n_buffers;
+    int64_t n_children;
+    const void **buffers;
+    struct ArrowArray **children;
+    struct ArrowArray *dictionary;
+    void (*release)(struct ArrowArray *);
+    void *private_data;
+};
+
+/* ---- column builders ---- */
+
+typedef enum { COL_STR, COL_I64, COL_I32, COL_F64, COL_BOOL } ColumnKind;
+
+typedef struct {
+    ColumnKind kind;
+    int64_t length;
+    int64_t null_count;
+    uint8_t *validity; /* bitmap, 1 = valid */
+    size_t validity_cap;
+    uint8_t *data; /* fixed-width values, bit-packed booleans, or string bytes */
+    size_t data_len;
+    size_t data_cap;
+    int32_t *offsets; /* strings: length + 1 entries */
+    size_t offsets_cap;
+} Column;
+
+static int grow(void **buffer, size_t *capacity, size_t needed, size_t item) {
+    if (needed <= *capacity) {
+        return 0;
+    }
+    size_t wanted = *capacity ? *capacity : 64;
+    while (wanted < needed) {
+        wanted *= 2;
+    }
+    void *larger = realloc(*buffer, wanted * item);
+    if (larger == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    *buffer = larger;
+    *capacity = wanted;
+    return 0;
+}
+
+/* Room for one more row; marks it valid or null. */
+static int column_next(Column *c, int valid) {
+    size_t bytes = (size_t)(c->length / 8) + 1;
+    size_t before = c->validity_cap;
+    if (grow((void **)&c->validity, &c->validity_cap, bytes, 1) < 0) {
+        return -1;
+    }
+    if (c->validity_cap > before) {
+        memset(c->validity + before, 0, c->validity_cap - before);
+    }
+    if (valid) {
+        c->validity[c->length / 8] |= (uint8_t)(1u << (c->length % 8));
+    } else {
+        c->null_count++;
+    }
+    if (c->kind == COL_STR) {
+        if (grow((void **)&c->offsets, &c->offsets_cap, (size_t)c->length + 2, sizeof(int32_t)) < 0) {
+            return -1;
+        }
+        if (c->length == 0) {
+            c->offsets[0] = 0;
+        }
+    }
+    return 0;
+}
+
+static int column_fixed(Column *c, const void *value, size_t width, int valid) {
+    if (column_next(c, valid) < 0) {
+        return -1;
+    }
+    size_t at = (size_t)c->length * width;
+    if (grow((void **)&c->data, &c->data_cap, at + width, 1) < 0) {
+        return -1;
+    }
+    if (valid) {
+        memcpy(c->data + at, value, width);
+    } else {
+        memset(c->data + at, 0, width);
+    }
+    c->length++;
+    return 0;
+}
+
+static int append_i64(Column *c, int64_t value) { return column_fixed(c, &value, 8, 1); }
+static int append_i32(Column *c, int32_t value) { return column_fixed(c, &value, 4, 1); }
+static int append_f64(Column *c, double value) { return column_fixed(c, &value, 8, 1); }
+
+static int append_null(Column *c) {
+    switch (c->kind) {
+    case COL_STR:
+        if (column_next(c, 0) < 0) {
+            return -1;
+        }
+        c->offsets[c->length + 1] = c->offsets[c->length];
+        c->length++;
+        return 0;
+    case COL_I32:
+        return column_fixed(c, NULL, 4, 0);
+    case COL_BOOL:
+        break;
+    default:
+        return column_fixed(c, NULL, 8, 0);
+    }
+    /* booleans: bit-packed values */
+    if (column_next(c, 0) < 0) {
+        return -1;
+    }
+    size_t bytes = (size_t)(c->length / 8) + 1;
+    size_t before = c->data_cap;
+    if (grow((void **)&c->data, &c->data_cap, bytes, 1) < 0) {
+        return -1;
+    }
+    if (c->data_cap > before) {
+        memset(c->data + before, 0, c->data_cap - before);
+    }
+    c->length++;
+    return 0;
+}
+
+static int append_bool(Column *c, int value) {
+    if (column_next(c, 1) < 0) {
+        return -1;
+    }
+    size_t bytes = (size_t)(c->length / 8) + 1;
+    size_t before = c->data_cap;
+    if (grow((void **)&c->data, &c->data_cap, bytes, 1) < 0) {
+        return -1;
+    }
+    if (c->data_cap > before) {
+        memset(c->data + before, 0, c->data_cap - before);
+    }
+    if (value) {
+        c->data[c->length / 8] |= (uint8_t)(1u << (c->length % 8));
+    }
+    c->length++;
+    return 0;
+}
+
+static int append_bytes(Column *c, const char *text, Py_ssize_t size) {
+    if (column_next(c, 1) < 0) {
+        return -1;
+    }
+    int64_t end = (int64_t)c->offsets[c->length] + size;
+    if (end > INT32_MAX) {
+        /* More than a string column's 2 GiB in one slice: the Python converter takes it. */
+        PyErr_SetString(PyExc_OverflowError, "string column over 2 GiB");
+        return -1;
+    }
+    if (grow((void **)&c->data, &c->data_cap, (size_t)end, 1) < 0) {
+        return -1;
+    }
+    memcpy(c->data + c->data_len, text, (size_t)size);
+    c->data_len = (size_t)end;
+    c->offsets[c->length + 1] = (int32_t)end;
+    c->length++;
+    return 0;
+}
+
+/* Room for `rows` rows (and `text_bytes` of text) before the first append: growing costs copies. */
+static int column_reserve(Column *c, size_t rows, size_t text_bytes) {
+    size_t before = c->validity_cap;
+    if (grow((void **)&c->validity, &c->validity_cap, rows / 8 + 1, 1) < 0) {
+        return -1;
+    }
+    memset(c->validity + before, 0, c->validity_cap - before);
+    switch (c->kind) {
+    case COL_STR:
+        return grow((void **)&c->offsets, &c->offsets_cap, rows + 1, sizeof(int32_t)) < 0 ||
+                       grow((void **)&c->data, &c->data_cap, text_bytes, 1) < 0
+                   ? -1
+                   : 0;
+    case COL_BOOL:
+        before = c->data_cap;
+        if (grow((void **)&c->data, &c->data_cap, rows / 8 + 1, 1) < 0) {
+            return -1;
+        }
+        memset(c->data + before, 0, c->data_cap - before);
+        return 0;
+    case COL_I32:
+        return grow((void **)&c->data, &c->data_cap, rows * 4, 1);
+    default:
+        return grow((void **)&c->data, &c->data_cap, rows * 8, 1);
+    }
+}
+
+static void column_free(Column *c) {
+    free(c->validity);
+    free(c->data);
+    free(c->offsets);
+    memset(c, 0, sizeof(*c));
+}
+
+/* ---- export ---- */
+
+typedef struct {
+    Column column;
+    const void *buffers[3];
+} ChildData;
+
+typedef struct {
+    const void *buffers[1];
+    struct ArrowArray **children;
+    int64_t n_children;
+} ParentData;
+
+static void release_child(struct ArrowArray *array) {
+    ChildData *data = (ChildData *)array->private_data;
+    column_free(&data->column);
+    free(data);
+    array->release = NULL;
+}
+
+static void release_parent(struct ArrowArray *array) {
+    ParentData *data = (ParentData *)array->private_data;
+    for (int64_t i = 0; i < data->n_children; i++) {
+        struct ArrowArray *child = data->children[i];
+        if (child->release != NULL) {
+            child->release(child);
+        }
+        free(child);
+    }
+    free(data->children);
+    free(data);
+    array->release = NULL;
+}
+
+static void capsule_destructor(PyObject *capsule) {
+    struct ArrowArray *array = (struct ArrowArray *)PyCapsule_GetPointer(capsule, "arrow_array");
+    if (array == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    if (array->release != NULL) {
+        array->release(array);
+    }
+    free(array);
+}
+
+/* Moves the columns into a struct array (a record batch) in a capsule; the columns are left empty. */
+static PyObject *export_batch(Column *columns, int count, int64_t rows) {
+    struct ArrowArray *parent = calloc(1, sizeof(struct ArrowArray));
+    ParentData *parent_data = calloc(1, sizeof(ParentData));
+    struct ArrowArray **children = calloc((size_t)count, sizeof(struct ArrowArray *));
+    if (parent == NULL || parent_data == NULL || children == NULL) {
+        free(parent);
+        free(parent_data);
+        free(children);
+        return PyErr_NoMemory();
+    }
+    parent_data->children = children;
+    for (int i = 0; i < count; i++) {
+        struct ArrowArray *child = calloc(1, sizeof(struct ArrowArray));
+        ChildData *data = calloc(1, sizeof(ChildData));
+        if (child == NULL || data == NULL) {
+            free(child);
+            free(data);
+            release_parent(&(struct ArrowArray){.private_data = parent_data});
+            free(parent);
+            return PyErr_NoMemory();
+        }
+        data->column = columns[i];
+        memset(&columns[i], 0, sizeof(Column));
+        columns[i].kind = data->column.kind;
+        Column *c = &data->column;
+        if (c->kind == COL_STR && c->length == 0) {
+            /* An empty string column still needs its one offset. */
+            free(c->offsets);
+            c->offsets = calloc(1, sizeof(int32_t));
+            if (c->offsets == NULL) {
+                free(child);
+                column_free(c);
+                free(data);
+                release_parent(&(struct ArrowArray){.private_data = parent_data});
+                free(parent);
+                return PyErr_NoMemory();
+            }
+        }
+        data->buffers[0] = c->null_count ? c->validity : NULL;
+        if (c->kind == COL_STR) {
+            data->buffers[1] = c->offsets;
+            data->buffers[2] = c->data;
+            child->n_buffers = 3;
+        } else {
+            data->buffers[1] = c->data;
+            child->n_buffers = 2;
+        }
+        child->length = c->length;
+        child->null_count = c->null_count;
+        child->buffers = data->buffers;
+        child->release = release_child;
+        child->private_data = data;
+        children[i] = child;
+        parent_data->n_children = i + 1;
+    }
+    parent->length = rows;
+    parent->n_buffers = 1;
+    parent->buffers = parent_data->buffers;
+    parent->n_children = count;
+    parent->children = children;
+    parent->release = release_parent;
+    parent->private_data = parent_data;
+    PyObject *capsule = PyCapsule_New(parent, "arrow_array", capsule_destructor);
+    if (capsule == NULL) {
+        release_parent(parent);
+        free(parent);
+    }
+    return capsule;
+}
+
+/* ---- configuration: names, constants and Python helpers from rows.py and conventions.py ---- */
+
+typedef struct {
+    PyObject *status_error;
+    PyObject *status_names;   /* dict StatusCode -> str */
+    PyObject *kind_names;     /* dict SpanKind -> str */
+    PyObject *bounded_list;   /* the SDK's BoundedList class (its deque is read directly) */
+    PyObject *bounded_attributes; /* the SDK's BoundedAttributes class (its `dropped` is read directly) */
+    /* Classes whose public accessors return their private fields: those are read without a call. */
+    PyObject *sdk_span_types; /* tuple: spans whose dropped_* properties are the SDK's */
+    PyObject *status_type;
+    PyObject *event_type;
+    PyObject *link_type;
+    PyObject *orjson_dumps;
+    PyObject *attributes_json; /* the safe path when orjson refuses */
+    PyObject *utf8;            /* lone surrogates -> replacement characters */
+    PyObject *io_payload;
+    PyObject *error_message;
+    PyObject *sequence;        /* conventions._sequence, for values that are not plain ints */
+    PyObject *declared_result; /* a CI/CD result value -> our status */
+    PyObject *scope_type;      /* InstrumentationScope */
+    PyObject *io_events;       /* frozenset of event names that carry a payload */
+    PyObject *io_output_event;
+    PyObject *step_prefix;
+    PyObject *execution_name;
+    PyObject *role_step;
+    PyObject *role_execution;
+    PyObject *step_name;
+    PyObject *cicd_task_run_id;
+    PyObject *cicd_task_name;
+    PyObject *cicd_run_id;
+    PyObject *cicd_result;
+    PyObject *cicd_task_result;
+    PyObject *capture_io;
+    PyObject *execution_id_keys;
+    PyObject *workflow_id_keys;
+    PyObject *trigger_type_keys;
+    PyObject *triggered_by_keys;
+    PyObject *config_version_keys;
+    PyObject *step_name_keys;
+    PyObject *step_status_keys;
+    PyObject *step_type_keys;
+    PyObject *step_sequence_keys;
+    PyObject *step_parent_keys;
+    PyObject *failed;
+    PyObject *compensated;
+    PyObject *skipped;
+    PyObject *completed;
+} Config;
+
+static Config config;
+static int configured = 0;
+
+/* Attribute names read from SDK objects, interned once. */
+static PyObject *s_context, *s_name, *s_kind, *s_parent, *s_start_time, *s_end_time, *s_attributes,
+    *s_events, *s_links, *s_resource, *s_status, *s_scope, *s_status_code, *s_description,
+    *s_timestamp, *s_dq, *s_inner_dict, *s_dropped_attributes, *s_dropped_events, *s_dropped_links,
+    *s_public_attributes, *s_public_context, *s_public_name, *s_status_code_field, *s_description_field,
+    *s_timestamp_field, *s_dropped, *s_version, *s_public_version;
+
+static PyObject *Unsupported; /* raised for a span type this module does not read */
+
+static int intern_names(void) {
+#define INTERN(var, text)                                                                          \
+    if ((var = PyUnicode_InternFromString(text)) == NULL) {                                        \
+        return -1;                                                                                 \
+    }
+    INTERN(s_context, "_context");
+    INTERN(s_name, "_name");
+    INTERN(s_kind, "_kind");
+    INTERN(s_parent, "_parent");
+    INTERN(s_start_time, "_start_time");
+    INTERN(s_end_time, "_end_time");
+    INTERN(s_attributes, "_attributes");
+    INTERN(s_events, "_events");
+    INTERN(s_links, "_links");
+    INTERN(s_resource, "_resource");
+    INTERN(s_status, "_status");
+    INTERN(s_scope, "_instrumentation_scope");
+    INTERN(s_status_code, "status_code");
+    INTERN(s_description, "description");
+    INTERN(s_timestamp, "timestamp");
+    INTERN(s_dq, "_dq");
+    INTERN(s_inner_dict, "_dict");
+    INTERN(s_dropped_attributes, "dropped_attributes");
+    INTERN(s_dropped_events, "dropped_events");
+    INTERN(s_dropped_links, "dropped_links");
+    INTERN(s_public_attributes, "attributes");
+    INTERN(s_public_context, "context");
+    INTERN(s_public_name, "name");
+    INTERN(s_status_code_field, "_status_code");
+    INTERN(s_description_field, "_description");
+    INTERN(s_timestamp_field, "_timestamp");
+    INTERN(s_dropped, "dropped");
+    INTERN(s_version, "_version");
+    INTERN(s_public_version, "version");
+#undef INTERN
+    return 0;
+}
+
+static PyObject *configure(PyObject *module, PyObject *settings) {
+    (void)module;
+    if (!PyDict_Check(settings)) {
+        PyErr_SetString(PyExc_TypeError, "configure() takes a dict");
+        return NULL;
+    }
+    struct {
+        const char *key;
+        PyObject **slot;
+    } entries[] = {
+        {"status_error", &config.status_error},
+        {"status_names", &config.status_names},
+        {"kind_names", &config.kind_names},
+        {"bounded_list", &config.bounded_list},
+        {"bounded_attributes", &config.bounded_attributes},
+        {"sdk_span_types", &config.sdk_span_types},
+        {"status_type", &config.status_type},
+        {"event_type", &config.event_type},
+        {"link_type", &config.link_type},
+        {"orjson_dumps", &config.orjson_dumps},
+        {"attributes_json", &config.attributes_json},
+        {"utf8", &config.utf8},
+        {"io_payload", &config.io_payload},
+        {"error_message", &config.error_message},
+        {"sequence", &config.sequence},
+        {"declared_result", &config.declared_result},
+        {"scope_type", &config.scope_type},
+        {"io_events", &config.io_events},
+        {"io_output_event", &config.io_output_event},
+        {"step_prefix", &config.step_prefix},
+        {"execution_name", &config.execution_name},
+        {"role_step", &config.role_step},
+        {"role_execution", &config.role_execution},
+        {"step_name", &config.step_name},
+        {"cicd_task_run_id", &config.cicd_task_run_id},
+        {"cicd_task_name", &config.cicd_task_name},
+        {"cicd_run_id", &config.cicd_run_id},
+        {"cicd_result", &config.cicd_result},
+        {"cicd_task_result", &config.cicd_task_result},
+        {"capture_io", &config.capture_io},
+        {"execution_id_keys", &config.execution_id_keys},
+        {"workflow_id_keys", &config.workflow_id_keys},
+        {"trigger_type_keys", &config.trigger_type_keys},
+        {"triggered_by_keys", &config.triggered_by_keys},
+        {"config_version_keys", &config.config_version_keys},
+        {"step_name_keys", &config.step_name_keys},
+        {"step_status_keys", &config.step_status_keys},
+        {"step_type_keys", &config.step_type_keys},
+        {"step_sequence_keys", &config.step_sequence_keys},
+        {"step_parent_keys", &config.step_parent_keys},
+    };
+    size_t count = sizeof(entries) / sizeof(entries[0]);
+    for (size_t i = 0; i < count; i++) {
+        PyObject *value = PyDict_GetItemString(settings, entries[i].key);
+        if (value == NULL) {
+            PyErr_Format(PyExc_KeyError, "configure() needs %s", entries[i].key);
+            return NULL;
+        }
+        Py_INCREF(value);
+        Py_XSETREF(*entries[i].slot, value);
+    }
+    if (!PyUnicode_Check(config.step_prefix) || !PyAnySet_Check(config.io_events) ||
+        !PyTuple_Check(config.sdk_span_types) ||
+        !PyDict_Check(config.status_names) || !PyDict_Check(config.kind_names)) {
+        PyErr_SetString(PyExc_TypeError, "configure(): unexpected setting types");
+        return NULL;
+    }
+    const char *keyed[] = {"execution_id_keys",   "workflow_id_keys",   "trigger_type_keys",
+                           "triggered_by_keys",   "config_version_keys", "step_name_keys",
+                           "step_status_keys",    "step_type_keys",     "step_sequence_keys",
+                           "step_parent_keys"};
+    for (size_t i = 0; i < sizeof(keyed) / sizeof(keyed[0]); i++) {
+        if (!PyTuple_Check(PyDict_GetItemString(settings, keyed[i]))) {
+            PyErr_Format(PyExc_TypeError, "configure(): %s must be a tuple", keyed[i]);
+            return NULL;
+        }
+    }
+#define TEXT(slot, literal)                                                                        \
+    if (slot == NULL && (slot = PyUnicode_InternFromString(literal)) == NULL) {                    \
+        return NULL;                                                                               \
+    }
+    TEXT(config.failed, "failed");
+    TEXT(config.compensated, "compensated");
+    TEXT(config.skipped, "skipped");
+    TEXT(config.completed, "completed");
+#undef TEXT
+    configured = 1;
+    Py_RETURN_NONE;
+}
+
+/* ---- reading values ---- */
+
+/* Text into a string column; None is null. Lone surrogates go through rows.utf8 (replacement). */
+static int append_text(Column *c, PyObject *value) {
+    if (value == Py_None) {
+        return append_null(c);
+    }
+    if (!PyUnicode_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "expected text, got %.100s", Py_TYPE(value)->tp_name);
+        return -1;
+    }
+    Py_ssize_t size;
+    const char *text = PyUnicode_AsUTF8AndSize(value, &size);
+    if (text != NULL) {
+        return append_bytes(c, text, size);
+    }
+    if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+        return -1;
+    }
+    PyErr_Clear();
+    PyObject *clean = PyObject_CallOneArg(config.utf8, value);
+    if (clean == NULL) {
+        return -1;
+    }
+    text = PyUnicode_AsUTF8AndSize(clean, &size);
+    int result = text == NULL ? -1 : append_bytes(c, text, size);
+    Py_DECREF(clean);
+    return result;
+}
+
+/* `str(value)` (conventions._text) into a string column. */
+static int append_str_of(Column *c, PyObject *value) {
+    if (value == NULL || value == Py_None) {
+        return append_null(c);
+    }
+    if (PyUnicode_CheckExact(value)) {
+        return append_text(c, value);
+    }
+    PyObject *text = PyObject_Str(value);
+    if (text == NULL) {
+        return -1;
+    }
+    int result = append_text(c, text);
+    Py_DECREF(text);
+    return result;
+}
+
+/* Attributes as a JSON object (rows.attributes_json). `attributes` is a dict or NULL. */
+static int append_json(Column *c, PyObject *attributes) {
+    if (attributes == NULL || PyDict_GET_SIZE(attributes) == 0) {
+        return append_bytes(c, "{}", 2);
+    }
+    PyObject *encoded = PyObject_CallOneArg(config.orjson_dumps, attributes);
+    if (encoded != NULL) {
+        int result = append_bytes(c, PyBytes_AS_STRING(encoded), PyBytes_GET_SIZE(encoded));
+        Py_DECREF(encoded);
+        return result;
+    }
+    if (!PyErr_ExceptionMatches(PyExc_TypeError) && !PyErr_ExceptionMatches(PyExc_ValueError)) {
+        return -1;
+    }
+    PyErr_Clear();
+    PyObject *text = PyObject_CallOneArg(config.attributes_json, attributes);
+    if (text == NULL) {
+        return -1;
+    }
+    int result = append_text(c, text);
+    Py_DECREF(text);
+    return result;
+}
+
+/* The plain dict behind SDK attributes (rows.plain_attributes); a new reference, NULL on error. */
+static PyObject *plain_attributes(PyObject *attributes) {
+    if (attributes == NULL || attributes == Py_None) {
+        return PyDict_New();
+    }
+    if (PyDict_Check(attributes)) {
+        Py_INCREF(attributes);
+        return attributes;
+    }
+    if (PyObject_TypeCheck(attributes, (PyTypeObject *)config.bounded_attributes)) {
+        PyObject *inner = PyObject_GetAttr(attributes, s_inner_dict);
+        if (inner != NULL && PyDict_Check(inner)) {
+            return inner;
+        }
+        Py_XDECREF(inner);
+        PyErr_Clear();
+    }
+    /* another Mapping: copied, as rows.plain_attributes does */
+    return PyObject_CallOneArg((PyObject *)&PyDict_Type, attributes);
+}
+
+/* Nanoseconds to microseconds, rounding down as Python's `ns // 1000` does. */
+static int64_t floor_micros(long long ns) {
+    long long us = ns / 1000;
+    return (ns % 1000 != 0 && ns < 0) ? us - 1 : us;
+}
+
+/* An int of nanoseconds to microseconds. */
+static int micros(PyObject *value, int64_t *out) {
+    long long ns = PyLong_AsLongLong(value);
+    if (ns == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    *out = floor_micros(ns);
+    return 0;
+}
+
+static const char HEX[] = "0123456789abcdef";
+
+/* An id as lowercase hex of `width` digits (rows.hex_trace_id/hex_span_id). */
+static int append_hex(Column *c, PyObject *id, int width) {
+    if (!PyLong_CheckExact(id)) {
+        PyErr_SetString(PyExc_TypeError, "ids must be ints");
+        return -1;
+    }
+    unsigned char bytes[16];
+    int length = width / 2;
+#if PY_VERSION_HEX >= 0x030D0000
+    Py_ssize_t needed = PyLong_AsNativeBytes(id, bytes, length,
+                                             Py_ASNATIVEBYTES_BIG_ENDIAN | Py_ASNATIVEBYTES_UNSIGNED_BUFFER |
+                                                 Py_ASNATIVEBYTES_REJECT_NEGATIVE);
+    if (needed < 0) {
+        return -1;
+    }
+    if (needed > length) {
+        PyErr_SetString(PyExc_OverflowError, "id too wide");
+        return -1;
+    }
+#else
+    if (_PyLong_AsByteArray((PyLongObject *)id, bytes, (size_t)length, 0, 0) < 0) {
+        return -1;
+    }
+#endif
+    char text[32];
+    for (int i = 0; i < length; i++) {
+        text[2 * i] = HEX[bytes[i] >> 4];
+        text[2 * i + 1] = HEX[bytes[i] & 15];
+    }
+    return append_bytes(c, text, width);
+}
+
+/* The trace and span id of a SpanContext (a tuple: trace_id, span_id, ...); borrowed. */
+static int context_ids(PyObject *context, PyObject **trace_id, PyObject **span_id) {
+    if (!PyTuple_Check(context) || PyTuple_GET_SIZE(context) < 2) {
+        PyErr_SetString(Unsupported, "span context is not a SpanContext");
+        return -1;
+    }
+    *trace_id = PyTuple_GET_ITEM(context, 0);
+    *span_id = PyTuple_GET_ITEM(context, 1);
+    return 0;
+}
+
+/* conventions._pick: the first key with a value that is not None and not "" (a new reference, or NULL). */
+static PyObject *pick(PyObject *attributes, PyObject *keys, int *error) {
+    Py_ssize_t n = PyTuple_GET_SIZE(keys);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *value = PyDict_GetItemWithError(attributes, PyTuple_GET_ITEM(keys, i));
+        if (value == NULL) {
+            if (PyErr_Occurred()) {
+                *error = 1;
+                return NULL;
+            }
+            continue;
+        }
+        if (value == Py_None || (PyUnicode_Check(value) && PyUnicode_GET_LENGTH(value) == 0)) {
+            continue;
+        }
+        Py_INCREF(value);
+        return value;
+    }
+    return NULL;
+}
+
+/* ---- the spans table ---- */
+
+enum {
+    S_TRACE_ID, S_SPAN_ID, S_PARENT_SPAN_ID, S_NAME, S_KIND, S_START, S_END, S_DURATION,
+    S_STATUS_CODE, S_STATUS_MESSAGE, S_SERVICE, S_RESOURCE_ATTRIBUTES, S_SCOPE_NAME, S_SCOPE_VERSION,
+    S_ATTRIBUTES, S_DROPPED_ATTRIBUTES, S_DROPPED_EVENTS, S_DROPPED_LINKS, S_ROLE, S_EXECUTION_ID,
+    S_WORKFLOW_ID, S_STEP_NAME, S_STEP_TYPE, S_STEP_SEQUENCE, S_PARENT_STEP_ID, S_WORKFLOW_STATUS,
+    S_ERROR_MESSAGE, S_TRIGGER_TYPE, S_TRIGGERED_BY, S_CONFIG_VERSION, S_CAPTURE_IO, S_INPUT,
+    S_OUTPUT, S_COUNT
+};
+static const ColumnKind SPAN_KINDS[S_COUNT] = {
+    COL_STR, COL_STR, COL_STR, COL_STR, COL_STR, COL_I64, COL_I64, COL_F64, COL_STR, COL_STR, COL_STR,
+    COL_STR, COL_STR, COL_STR, COL_STR, COL_I32, COL_I32, COL_I32, COL_STR, COL_STR, COL_STR, COL_STR,
+    COL_STR, COL_I64, COL_STR, COL_STR, COL_STR, COL_STR, COL_STR, COL_STR, COL_BOOL, COL_STR, COL_STR};
+
+enum { E_TRACE_ID, E_SPAN_ID, E_INDEX, E_NAME, E_TIMESTAMP, E_ATTRIBUTES, E_COUNT };
+static const ColumnKind EVENT_KINDS[E_COUNT] = {COL_STR, COL_STR, COL_I32, COL_STR, COL_I64, COL_STR};
+
+enum { L_TRACE_ID, L_SPAN_ID, L_INDEX, L_LINKED_TRACE_ID, L_LINKED_SPAN_ID, L_ATTRIBUTES, L_COUNT };
+static const ColumnKind LINK_KINDS[L_COUNT] = {COL_STR, COL_STR, COL_I32, COL_STR, COL_STR, COL_STR};
+
+typedef struct {
+    Column spans[S_COUNT];
+    Column events[E_COUNT];
+    Column links[L_COUNT];
+    int64_t span_rows;
+    int64_t event_rows;
+    int64_t link_rows;
+    /* Resource -> (service_name, attributes_json), from the caller's cache. */
+    PyObject *describe_resource;
+    /* The last resource seen, with its Python-made description (spans share it). */
+    PyObject *resource;
+    PyObject *resource_row;
+} Batch;
+
+/* Columns for `rows` spans, with room for as many events (a guess) and a few links. */
+static int batch_init(Batch *b, size_t rows) {
+    memset(b, 0, sizeof(*b));
+    int bad = 0;
+    for (int i = 0; i < S_COUNT; i++) {
+        b->spans[i].kind = SPAN_KINDS[i];
+        size_t width = i == S_TRACE_ID ? 32 : i == S_SPAN_ID || i == S_PARENT_SPAN_ID ? 16 : 8;
+        bad = bad || column_reserve(&b->spans[i], rows, rows * width) < 0;
+    }
+    for (int i = 0; i < E_COUNT; i++) {
+        b->events[i].kind = EVENT_KINDS[i];
+        bad = bad || column_reserve(&b->events[i], rows, rows * 16) < 0;
+    }
+    for (int i = 0; i < L_COUNT; i++) {
+        b->links[i].kind = LINK_KINDS[i];
+    }
+    return bad ? -1 : 0;
+}
+
+static void batch_free(Batch *b) {
+    for (int i = 0; i < S_COUNT; i++) {
+        column_free(&b->spans[i]);
+    }
+    for (int i = 0; i < E_COUNT; i++) {
+        column_free(&b->events[i]);
+    }
+    for (int i = 0; i < L_COUNT; i++) {
+        column_free(&b->links[i]);
+    }
+    Py_CLEAR(b->describe_resource);
+    Py_CLEAR(b->resource);
+    Py_CLEAR(b->resource_row);
+}
+
+/* A resource's (service_name, attributes_json), cached by identity. */
+static PyObject *described(PyObject *helper, PyObject *object, PyObject **last, PyObject **row) {
+    if (*row != NULL && *last == object) {
+        return *row;
+    }
+    PyObject *made = PyObject_CallOneArg(helper, object);
+    if (made == NULL) {
+        return NULL;
+    }
+    if (!PyTuple_Check(made) || PyTuple_GET_SIZE(made) != 2) {
+        Py_DECREF(made);
+        PyErr_SetString(PyExc_TypeError, "a description must be a pair");
+        return NULL;
+    }
+    Py_INCREF(object);
+    Py_XSETREF(*last, object);
+    Py_XSETREF(*row, made);
+    return made;
+}
+
+/*
+ * `obj.<public>` (a new reference). For an object of class `exact`, whose accessor returns its
+ * private field, the field is read instead: a property call costs more than the rest of a value's
+ * conversion. (Not through `__dict__`: asking for it makes CPython build a dict per object.)
+ */
+static PyObject *member(PyObject *obj, PyObject *exact, PyObject *private_name, PyObject *public_name) {
+    return PyObject_GetAttr(obj, (PyObject *)Py_TYPE(obj) == exact ? private_name : public_name);
+}
+
+/*
+ * The elements of events or links (a new reference to a sequence): the SDK's BoundedList by its
+ * deque (without the lock and copy of its __iter__), read by index. A span that is still running (a
+ * live row) may gain events while Python code runs between two of ours; reading by index up to the
+ * length seen first never fails on that (the live row does not use the events).
+ */
+static PyObject *elements(PyObject *items) {
+    if (Py_TYPE(items) == (PyTypeObject *)config.bounded_list) {
+        return PyObject_GetAttr(items, s_dq);
+    }
+    Py_INCREF(items);
+    return items;
+}
+
+/* The name of an enum member (a SpanKind or StatusCode) by identity: Enum.__hash__ is Python code. */
+static PyObject *enum_name(PyObject *names, PyObject *member) {
+    Py_ssize_t at = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(names, &at, &key, &value)) {
+        if (key == member) {
+            return value;
+        }
+    }
+    PyErr_SetString(PyExc_KeyError, "unknown span kind or status code");
+    return NULL;
+}
+
+static int int_property(PyObject *span, PyObject *name, int32_t *out) {
+    PyObject *value = PyObject_GetAttr(span, name);
+    if (value == NULL) {
+        return -1;
+    }
+    long n = PyLong_AsLong(value);
+    Py_DECREF(value);
+    if (n == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (n < INT32_MIN || n > INT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "dropped count beyond INTEGER");
+        return -1;
+    }
+    *out = (int32_t)n;
+    return 0;
+}
+
+/* span.dropped_attributes/events/links; for the SDK's classes read from its bounded containers. */
+static int dropped_counts(PyObject *span, PyObject *attributes, PyObject *events, PyObject *links,
+                          int32_t dropped[3]) {
+    int sdk = PySequence_Contains(config.sdk_span_types, (PyObject *)Py_TYPE(span));
+    if (sdk <= 0) {
+        return sdk < 0 || int_property(span, s_dropped_attributes, &dropped[0]) < 0 ||
+                       int_property(span, s_dropped_events, &dropped[1]) < 0 ||
+                       int_property(span, s_dropped_links, &dropped[2]) < 0
+                   ? -1
+                   : 0;
+    }
+    PyObject *containers[3] = {attributes, events, links};
+    PyObject *classes[3] = {config.bounded_attributes, config.bounded_list, config.bounded_list};
+    for (int i = 0; i < 3; i++) {
+        dropped[i] = 0;
+        if (PyObject_TypeCheck(containers[i], (PyTypeObject *)classes[i]) &&
+            int_property(containers[i], s_dropped, &dropped[i]) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Events: one span_events row each; the payload events also give the span's input/output. */
+static int add_events(Batch *b, PyObject *events, PyObject *trace_id, PyObject *span_id,
+                      PyObject **input, PyObject **output) {
+    PyObject *list = elements(events);
+    Py_ssize_t count = list == NULL ? -1 : PyObject_Size(list);
+    int status = count < 0 ? -1 : 0;
+    for (Py_ssize_t i = 0; status == 0 && i < count; i++) {
+        PyObject *event = PySequence_GetItem(list, i);
+        if (event == NULL) {
+            status = -1;
+            break;
+        }
+        int32_t index = (int32_t)i;
+        PyObject *name = member(event, config.event_type, s_name, s_public_name);
+        PyObject *raw = name ? member(event, config.event_type, s_attributes, s_public_attributes) : NULL;
+        PyObject *stamp = raw ? member(event, config.event_type, s_timestamp_field, s_timestamp) : NULL;
+        PyObject *attributes = stamp ? plain_attributes(raw) : NULL;
+        int64_t at = 0;
+        status = attributes == NULL ? -1 : micros(stamp, &at);
+        if (status == 0 && PyUnicode_Check(name)) {
+            int io = PySet_Contains(config.io_events, name);
+            if (io < 0) {
+                status = -1;
+            } else if (io) {
+                PyObject *payload = PyObject_CallOneArg(config.io_payload, attributes);
+                if (payload == NULL) {
+                    status = -1;
+                } else {
+                    int is_output = PyUnicode_Compare(name, config.io_output_event) == 0;
+                    Py_XSETREF(*(is_output ? output : input), payload);
+                }
+            }
+        }
+        if (status == 0) {
+            Column *c = b->events;
+            status = (append_hex(&c[E_TRACE_ID], trace_id, 32) < 0 ||
+                      append_hex(&c[E_SPAN_ID], span_id, 16) < 0 || append_i32(&c[E_INDEX], index) < 0 ||
+                      append_text(&c[E_NAME], name) < 0 || append_i64(&c[E_TIMESTAMP], at) < 0 ||
+                      append_json(&c[E_ATTRIBUTES], attributes) < 0)
+                         ? -1
+                         : 0;
+            b->event_rows += status == 0;
+        }
+        Py_XDECREF(name);
+        Py_XDECREF(raw);
+        Py_XDECREF(stamp);
+        Py_XDECREF(attributes);
+        Py_DECREF(event);
+    }
+    Py_XDECREF(list);
+    return status;
+}
+
+static int add_links(Batch *b, PyObject *links, PyObject *trace_id, PyObject *span_id) {
+    PyObject *list = elements(links);
+    Py_ssize_t count = list == NULL ? -1 : PyObject_Size(list);
+    int status = count < 0 ? -1 : 0;
+    for (Py_ssize_t i = 0; status == 0 && i < count; i++) {
+        PyObject *link = PySequence_GetItem(list, i);
+        if (link == NULL) {
+            status = -1;
+            break;
+        }
+        int32_t index = (int32_t)i;
+        PyObject *context = member(link, config.link_type, s_context, s_public_context);
+        PyObject *raw = context ? member(link, config.link_type, s_attributes, s_public_attributes) : NULL;
+        PyObject *attributes = raw ? plain_attributes(raw) : NULL;
+        PyObject *linked_trace, *linked_span;
+        status = (attributes == NULL || context_ids(context, &linked_trace, &linked_span) < 0) ? -1 : 0;
+        if (status == 0) {
+            Column *c = b->links;
+            status = (append_hex(&c[L_TRACE_ID], trace_id, 32) < 0 ||
+                      append_hex(&c[L_SPAN_ID], span_id, 16) < 0 || append_i32(&c[L_INDEX], index) < 0 ||
+                      append_hex(&c[L_LINKED_TRACE_ID], linked_trace, 32) < 0 ||
+                      append_hex(&c[L_LINKED_SPAN_ID], linked_span, 16) < 0 ||
+                      append_json(&c[L_ATTRIBUTES], attributes) < 0)
+                         ? -1
+                         : 0;
+            b->link_rows += status == 0;
+        }
+        Py_XDECREF(context);
+        Py_XDECREF(raw);
+        Py_XDECREF(attributes);
+        Py_DECREF(link);
+    }
+    Py_XDECREF(list);
+    return status;
+}
+
+/* What conventions.recognise lifts out of a span; every reference owned (or NULL for none). */
+typedef struct {
+    PyObject *role; /* config.role_step, config.role_execution or NULL */
+    PyObject *execution_id;
+    PyObject *workflow_id;
+    PyObject *step_name;
+    PyObject *step_type;
+    PyObject *step_sequence; /* an int within BIGINT */
+    PyObject *parent_step_id;
+    PyObject *declared_status; /* text */
+    PyObject *trigger_type;
+    PyObject *triggered_by;
+    PyObject *config_version;
+    int capture_io;
+} Recognised;
+
+static void recognised_free(Recognised *r) {
+    Py_CLEAR(r->role);
+    Py_CLEAR(r->execution_id);
+    Py_CLEAR(r->workflow_id);
+    Py_CLEAR(r->step_name);
+    Py_CLEAR(r->step_type);
+    Py_CLEAR(r->step_sequence);
+    Py_CLEAR(r->parent_step_id);
+    Py_CLEAR(r->declared_status);
+    Py_CLEAR(r->trigger_type);
+    Py_CLEAR(r->triggered_by);
+    Py_CLEAR(r->config_version);
+}
+
+/* A helper's answer for `value` (a new reference), NULL when it answers None or there is no value. */
+static PyObject *ask(PyObject *helper, PyObject *value) {
+    if (value == NULL) {
+        return NULL;
+    }
+    PyObject *answer = PyObject_CallOneArg(helper, value);
+    if (answer == Py_None) {
+        Py_DECREF(answer);
+        return NULL;
+    }
+    return answer;
+}
+
+/* An attribute's value as a new reference, NULL when absent (check PyErr_Occurred). */
+static PyObject *get(PyObject *attributes, PyObject *key) {
+    PyObject *value = PyDict_GetItemWithError(attributes, key);
+    Py_XINCREF(value);
+    return value;
+}
+
+/* `str(value)` in place (conventions._text); stays NULL for none. */
+static int to_text(PyObject **value) {
+    if (*value == NULL || PyUnicode_CheckExact(*value)) {
+        return 0;
+    }
+    Py_SETREF(*value, PyObject_Str(*value));
+    return *value == NULL ? -1 : 0;
+}
+
+static int recognise(PyObject *name, PyObject *attributes, Recognised *r) {
+    int error = 0;
+    int prefixed = PyUnicode_Tailmatch(name, config.step_prefix, 0, PY_SSIZE_T_MAX, -1);
+    if (prefixed < 0) {
+        return -1;
+    }
+    int step = prefixed;
+    PyObject *step_keys[] = {config.step_name, config.cicd_task_run_id, config.cicd_task_name};
+    for (int i = 0; !step && i < 3; i++) {
+        if ((step = PyDict_Contains(attributes, step_keys[i])) < 0) {
+            return -1;
+        }
+    }
+    int execution = 0;
+    if (!step) {
+        execution = PyUnicode_Compare(name, config.execution_name) == 0;
+        if (!execution && (execution = PyDict_Contains(attributes, config.cicd_run_id)) < 0) {
+            return -1;
+        }
+    }
+    r->execution_id = pick(attributes, config.execution_id_keys, &error);
+    if (error || to_text(&r->execution_id) < 0) {
+        return -1;
+    }
+    if (!step && !execution) {
+        return 0;
+    }
+    r->role = step ? config.role_step : config.role_execution;
+    Py_INCREF(r->role);
+    r->workflow_id = pick(attributes, config.workflow_id_keys, &error);
+    if (error || to_text(&r->workflow_id) < 0) {
+        return -1;
+    }
+    if (execution) {
+        PyObject *result = get(attributes, config.cicd_result);
+        r->declared_status = ask(config.declared_result, result);
+        Py_XDECREF(result);
+        r->trigger_type = pick(attributes, config.trigger_type_keys, &error);
+        r->triggered_by = pick(attributes, config.triggered_by_keys, &error);
+        r->config_version = pick(attributes, config.config_version_keys, &error);
+        PyObject *capture = get(attributes, config.capture_io);
+        r->capture_io = capture == Py_True;
+        Py_XDECREF(capture);
+        if (error || PyErr_Occurred() || to_text(&r->trigger_type) < 0 || to_text(&r->triggered_by) < 0 ||
+            to_text(&r->config_version) < 0) {
+            return -1;
+        }
+        return 0;
+    }
+    r->step_name = pick(attributes, config.step_name_keys, &error);
+    if (error) {
+        return -1;
+    }
+    if (r->step_name == NULL) {
+        if (prefixed) {
+            r->step_name =
+                PyUnicode_Substring(name, PyUnicode_GET_LENGTH(config.step_prefix), PY_SSIZE_T_MAX);
+            if (r->step_name == NULL) {
+                return -1;
+            }
+        } else {
+            Py_INCREF(name);
+            r->step_name = name;
+        }
+    }
+    r->declared_status = pick(attributes, config.step_status_keys, &error);
+    if (!error && r->declared_status == NULL) {
+        PyObject *result = get(attributes, config.cicd_task_result);
+        r->declared_status = ask(config.declared_result, result);
+        Py_XDECREF(result);
+    }
+    r->step_type = pick(attributes, config.step_type_keys, &error);
+    PyObject *sequence = pick(attributes, config.step_sequence_keys, &error);
+    if (sequence != NULL) {
+        int overflow = 0;
+        long long n = PyLong_CheckExact(sequence) ? PyLong_AsLongLongAndOverflow(sequence, &overflow) : 0;
+        if (PyLong_CheckExact(sequence) && !overflow && n != LLONG_MIN) {
+            r->step_sequence = sequence; /* a plain int within BIGINT: the common case */
+        } else {
+            r->step_sequence = ask(config.sequence, sequence);
+            Py_DECREF(sequence);
+        }
+    }
+    r->parent_step_id = pick(attributes, config.step_parent_keys, &error);
+    if (error || PyErr_Occurred() || to_text(&r->step_name) < 0 || to_text(&r->declared_status) < 0 ||
+        to_text(&r->step_type) < 0 || to_text(&r->parent_step_id) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+static int equal(PyObject *a, PyObject *text) {
+    return a != NULL && PyUnicode_Check(a) && PyUnicode_Compare(a, text) == 0;
+}
+
+/* The private fields of an SDK span, owned: a live span may change them while Python code runs. */
+typedef struct {
+    PyObject *context, *name, *kind, *parent, *start_time, *end_time, *attributes, *events, *links,
+        *resource, *status, *scope;
+} Fields;
+
+static void fields_free(Fields *f) {
+    PyObject **all = (PyObject **)f;
+    for (size_t i = 0; i < sizeof(Fields) / sizeof(PyObject *); i++) {
+        Py_CLEAR(all[i]);
+    }
+}
+
+static int read_fields(PyObject *span, Fields *f) {
+    PyObject *names[] = {s_context, s_name,  s_kind,     s_parent,   s_start_time, s_end_time,
+                         s_attributes, s_events, s_links, s_resource, s_status, s_scope};
+    PyObject **slots = (PyObject **)f;
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if ((slots[i] = PyObject_GetAttr(span, names[i])) == NULL) {
+            if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+                PyErr_Format(Unsupported, "span without %U", names[i]);
+            }
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The times of a span in microseconds and its duration in ms, as rows.SpanConverter computes them. */
+static int times(Fields *f, int64_t *start, int64_t *end, double *duration_ms) {
+    long long start_ns = 0, end_ns;
+    int truthy = PyObject_IsTrue(f->start_time); /* start_time or 0 */
+    if (truthy < 0) {
+        return -1;
+    }
+    if (truthy && ((start_ns = PyLong_AsLongLong(f->start_time)) == -1 && PyErr_Occurred())) {
+        return -1;
+    }
+    end_ns = start_ns;
+    if (f->end_time != Py_None && ((end_ns = PyLong_AsLongLong(f->end_time)) == -1 && PyErr_Occurred())) {
+        return -1;
+    }
+    long long elapsed;
+    if (__builtin_sub_overflow(end_ns, start_ns, &elapsed)) {
+        PyErr_SetString(PyExc_OverflowError, "span duration beyond 64 bits");
+        return -1;
+    }
+    *start = floor_micros(start_ns);
+    *end = floor_micros(end_ns);
+    *duration_ms = (double)elapsed / 1e6;
+    return 0;
+}
+
+static PyObject *workflow_status(Recognised *r, int failed) {
+    /* Compensation is the outcome even of a step that failed; a step that failed after skip() failed. */
+    if (r->role == NULL) {
+        return NULL;
+    }
+    if (equal(r->declared_status, config.compensated)) {
+        return config.compensated;
+    }
+    if (failed) {
+        return config.failed;
+    }
+    return equal(r->declared_status, config.skipped) ? config.skipped : config.completed;
+}
+
+static int add_span(Batch *b, PyObject *span) {
+    Fields f = {0};
+    Recognised r = {0};
+    PyObject *attributes = NULL, *description = NULL, *scope_name = NULL, *scope_version = NULL,
+             *input = NULL, *output = NULL, *error_message = NULL;
+    int status = -1;
+    if (read_fields(span, &f) < 0) {
+        goto done;
+    }
+    if (f.context == Py_None) {
+        status = 0; /* no context: left out, as the Python converter does */
+        goto done;
+    }
+    PyObject *trace_id, *span_id, *parent_trace, *parent_span = NULL;
+    if (context_ids(f.context, &trace_id, &span_id) < 0 ||
+        (f.parent != Py_None && context_ids(f.parent, &parent_trace, &parent_span) < 0)) {
+        goto done;
+    }
+    if (!PyUnicode_Check(f.name)) {
+        PyErr_SetString(PyExc_TypeError, "span name is not text");
+        goto done;
+    }
+    int64_t start, end;
+    double duration_ms;
+    if ((attributes = plain_attributes(f.attributes)) == NULL || times(&f, &start, &end, &duration_ms) < 0) {
+        goto done;
+    }
+    PyObject *code = member(f.status, config.status_type, s_status_code_field, s_status_code);
+    if (code == NULL) {
+        goto done;
+    }
+    int is_error = code == config.status_error;
+    PyObject *status_name = enum_name(config.status_names, code); /* borrowed: a constant */
+    Py_DECREF(code);
+    PyObject *kind_name = status_name ? enum_name(config.kind_names, f.kind) : NULL;
+    if (kind_name == NULL) {
+        goto done;
+    }
+    if ((description = member(f.status, config.status_type, s_description_field, s_description)) == NULL) {
+        goto done;
+    }
+    PyObject *resource_row = described(b->describe_resource, f.resource, &b->resource, &b->resource_row);
+    if (f.scope != Py_None &&
+        ((scope_name = member(f.scope, config.scope_type, s_name, s_public_name)) == NULL ||
+         (scope_version = member(f.scope, config.scope_type, s_version, s_public_version)) == NULL)) {
+        goto done;
+    }
+    int32_t dropped[3];
+    if (resource_row == NULL || recognise(f.name, attributes, &r) < 0 ||
+        dropped_counts(span, f.attributes, f.events, f.links, dropped) < 0) {
+        goto done;
+    }
+    /* The description stays alive while this span's row is built, even if a helper replaces it. */
+    Py_INCREF(resource_row);
+    int failed = is_error || equal(r.declared_status, config.failed);
+    int bad = 0;
+    if ((f.events != Py_None && add_events(b, f.events, trace_id, span_id, &input, &output) < 0) ||
+        (f.links != Py_None && add_links(b, f.links, trace_id, span_id) < 0) ||
+        (failed && (error_message = PyObject_CallOneArg(config.error_message, span)) == NULL)) {
+        bad = 1;
+    }
+    Column *c = b->spans;
+    bad = bad || append_hex(&c[S_TRACE_ID], trace_id, 32) < 0 || append_hex(&c[S_SPAN_ID], span_id, 16) < 0 ||
+          (parent_span ? append_hex(&c[S_PARENT_SPAN_ID], parent_span, 16) : append_null(&c[S_PARENT_SPAN_ID])) < 0 ||
+          append_text(&c[S_NAME], f.name) < 0 || append_text(&c[S_KIND], kind_name) < 0 ||
+          append_i64(&c[S_START], start) < 0 || append_i64(&c[S_END], end) < 0 ||
+          append_f64(&c[S_DURATION], duration_ms) < 0 || append_text(&c[S_STATUS_CODE], status_name) < 0 ||
+          append_text(&c[S_STATUS_MESSAGE], description) < 0 ||
+          append_text(&c[S_SERVICE], PyTuple_GET_ITEM(resource_row, 0)) < 0 ||
+          append_text(&c[S_RESOURCE_ATTRIBUTES], PyTuple_GET_ITEM(resource_row, 1)) < 0 ||
+          append_text(&c[S_SCOPE_NAME], scope_name ? scope_name : Py_None) < 0 ||
+          append_text(&c[S_SCOPE_VERSION], scope_version ? scope_version : Py_None) < 0 ||
+          append_json(&c[S_ATTRIBUTES], attributes) < 0 || append_i32(&c[S_DROPPED_ATTRIBUTES], dropped[0]) < 0 ||
+          append_i32(&c[S_DROPPED_EVENTS], dropped[1]) < 0 || append_i32(&c[S_DROPPED_LINKS], dropped[2]) < 0 ||
+          append_str_of(&c[S_ROLE], r.role) < 0 || append_str_of(&c[S_EXECUTION_ID], r.execution_id) < 0 ||
+          append_str_of(&c[S_WORKFLOW_ID], r.workflow_id) < 0 || append_str_of(&c[S_STEP_NAME], r.step_name) < 0 ||
+          append_str_of(&c[S_STEP_TYPE], r.step_type) < 0 ||
+          (r.step_sequence ? append_i64(&c[S_STEP_SEQUENCE], PyLong_AsLongLong(r.step_sequence))
+                           : append_null(&c[S_STEP_SEQUENCE])) < 0 ||
+          append_str_of(&c[S_PARENT_STEP_ID], r.parent_step_id) < 0 ||
+          append_str_of(&c[S_WORKFLOW_STATUS], workflow_status(&r, failed)) < 0 ||
+          append_str_of(&c[S_ERROR_MESSAGE], error_message) < 0 ||
+          append_str_of(&c[S_TRIGGER_TYPE], r.trigger_type) < 0 ||
+          append_str_of(&c[S_TRIGGERED_BY], r.triggered_by) < 0 ||
+          append_str_of(&c[S_CONFIG_VERSION], r.config_version) < 0 ||
+          (r.role ? append_bool(&c[S_CAPTURE_IO], r.capture_io) : append_null(&c[S_CAPTURE_IO])) < 0 ||
+          append_str_of(&c[S_INPUT], input) < 0 || append_str_of(&c[S_OUTPUT], output) < 0;
+    Py_DECREF(resource_row);
+    if (!bad) {
+        b->span_rows++;
+        status = 0;
+    }
+done:
+    fields_free(&f);
+    recognised_free(&r);
+    Py_XDECREF(attributes);
+    Py_XDECREF(description);
+    Py_XDECREF(scope_name);
+    Py_XDECREF(scope_version);
+    Py_XDECREF(input);
+    Py_XDECREF(output);
+    Py_XDECREF(error_message);
+    return status;
+}
+
+/*
+ * finished(spans: list, types: set, describe_resource) -> (spans, events, links): three "arrow_array"
+ * capsules. Raises Unsupported (a span whose type is not in `types`, or not shaped like the SDK's) or
+ * any error a value caused; the caller then converts the slice in Python.
+ */
+static PyObject *finished(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (!configured) {
+        PyErr_SetString(PyExc_RuntimeError, "configure() first");
+        return NULL;
+    }
+    if (nargs != 3 || !PyList_Check(args[0]) || !PyAnySet_Check(args[1]) || !PyCallable_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "finished(spans: list, types: set, describe_resource)");
+        return NULL;
+    }
+    /* A copy: helpers run Python code, which may change the caller's list. */
+    PyObject *spans = PySequence_List(args[0]);
+    if (spans == NULL) {
+        return NULL;
+    }
+    Batch b;
+    PyObject *result = NULL;
+    if (batch_init(&b, (size_t)PyList_GET_SIZE(spans)) < 0) {
+        goto done;
+    }
+    Py_INCREF(args[2]);
+    b.describe_resource = args[2];
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(spans); i++) {
+        PyObject *span = PyList_GET_ITEM(spans, i);
+        int known = PySet_Contains(args[1], (PyObject *)Py_TYPE(span));
+        if (known == 0) {
+            PyErr_SetObject(Unsupported, (PyObject *)Py_TYPE(span));
+        }
+        if (known <= 0 || add_span(&b, span) < 0) {
+            goto done;
+        }
+    }
+    PyObject *span_batch = export_batch(b.spans, S_COUNT, b.span_rows);
+    PyObject *event_batch = span_batch ? export_batch(b.events, E_COUNT, b.event_rows) : NULL;
+    PyObject *link_batch = event_batch ? export_batch(b.links, L_COUNT, b.link_rows) : NULL;
+    if (link_batch != NULL) {
+        result = PyTuple_Pack(3, span_batch, event_batch, link_batch);
+    }
+    Py_XDECREF(span_batch);
+    Py_XDECREF(event_batch);
+    Py_XDECREF(link_batch);
+done:
+    batch_free(&b);
+    Py_DECREF(spans);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"configure", (PyCFunction)configure, METH_O, "Set the names, constants and helpers (rows.py)."},
+    {"finished", (PyCFunction)(void (*)(void))finished, METH_FASTCALL,
+     "Finished SDK spans -> Arrow arrays (spans, events, links) as capsules."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "otel_workflow._spanrows",
+    .m_doc = "SDK spans to Arrow batches in C (see otel_workflow.rows).",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC PyInit__spanrows(void) {
+    if (intern_names() < 0) {
+        return NULL;
+    }
+    PyObject *module = PyModule_Create(&module_def);
+    if (module == NULL) {
+        return NULL;
+    }
+    Unsupported = PyErr_NewException("otel_workflow._spanrows.Unsupported", PyExc_TypeError, NULL);
+    if (Unsupported == NULL || PyModule_AddObjectRef(module, "Unsupported", Unsupported) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

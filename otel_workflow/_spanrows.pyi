@@ -1,0 +1,12 @@
+"""Types of the C converter (`_spanrows.c`); `otel_workflow.rows` is its only caller."""
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+class Unsupported(TypeError):
+    """A span this module does not read: its class (args[0]) or a field it lacks."""
+
+def configure(settings: Mapping[str, Any]) -> None: ...
+def finished(
+    spans: list[Any], types: set[type], describe_resource: Callable[[Any], tuple[str | None, str]]
+) -> tuple[object, object, object]: ...
