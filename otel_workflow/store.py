@@ -410,6 +410,8 @@ class TraceStore:
         self._converter = SpanConverter()
         # The writer thread's connection, kept from one write cycle to the next while a backlog lasts.
         self._held: duckdb.DuckDBPyConnection | None = None
+        # The file as it was when the connection was kept: changed since, someone else replaced or rewrote it.
+        self._held_file: tuple[int, int, int] | None = None
         if self.path == MEMORY:
             if read_only:
                 raise StoreError("an in-memory database cannot be opened read-only: it would always be empty")
@@ -496,21 +498,24 @@ class TraceStore:
             _gate.leave(self.path)
 
     @contextlib.contextmanager
-    def _writer_connection(self, keep: Callable[[], bool]) -> Iterator[duckdb.DuckDBPyConnection]:
-        """The writer's connection for one cycle, kept for the next one if `keep()` says so after it.
+    def _writer_connection(self, keep: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The writer's connection for one cycle, kept for the next one if `keep` and nobody waits.
 
-        Each close checkpoints (DuckDB writes the cycle's rows into the file proper), and a checkpoint
-        costs 0.1-0.7 s almost whatever its size: with a backlog, one connection for many cycles stores
-        more spans per second (benchmarks/ingest.py). It is let go as soon as the backlog is written,
-        another process waits for the file, or this process forks.
+        Each close checkpoints (DuckDB writes the logged rows into the file proper), and a checkpoint
+        costs 0.1-0.7 s of CPU almost whatever its size: a service that closed after every cycle paid
+        that twice a second. So the connection stays while spans keep coming, and is let go when
+        another process waits for the file (within `IDLE_POLL_S` when idle, else at the end of the
+        cycle), when this process forks, or after `_LINGER_S` without anything to write (`_idle`).
         """
         if self._memory is not None:
             with self._connect(read_only=False) as cursor:
                 yield cursor
             return
         connection, self._held = self._held, None
-        if connection is not None and not os.path.exists(self.path):
-            self._close_file(connection)  # deleted while kept: the next connection makes a new file
+        if connection is not None and _file_identity(self.path) != self._held_file:
+            # Deleted, replaced or overwritten while kept: a new connection makes a new file or finds the
+            # damage (and the cycle's spans are counted as failed), instead of writing into what is left.
+            self._close_file(connection)
             connection = None
         if connection is None:
             connection = self._open(read_only=False, timeout_s=0.25)
@@ -518,12 +523,22 @@ class TraceStore:
         kept = False
         try:
             yield connection
-            kept = keep() and not _gate.wanted(self.path)
+            kept = keep and not _gate.wanted(self.path)
         finally:
             if kept:
-                self._held = connection
+                self._held, self._held_file = connection, _file_identity(self.path)
             else:
                 self._close_file(connection)
+
+    def _idle(self, seconds: float) -> bool:
+        """The writer had nothing to write for `seconds`: let go of the file if that is long enough or
+        another process (or a fork) waits for it. True while the connection is still kept."""
+        if self._held is None:
+            return False
+        if seconds >= _LINGER_S or _gate.wanted(self.path):
+            self._release_held()
+            return False
+        return True
 
     def _release_held(self) -> None:
         connection, self._held = self._held, None
@@ -686,7 +701,7 @@ class TraceStore:
         # The file was deleted while we ran: DuckDB makes a new, empty one, which needs the schema.
         recreate = self._memory is None and not os.path.exists(self.path)
         try:
-            with self._writer_connection(lambda: not final and self._writer.backlogged) as connection:
+            with self._writer_connection(keep=not final) as connection:
                 if recreate:
                     ensure_schema(connection)
                 connection.execute("BEGIN TRANSACTION")
@@ -989,12 +1004,28 @@ def _insert_finished(connection: duckdb.DuckDBPyConnection, batch: SpanBatch) ->
 
 _CONVERT_SLICE: Final = 4096
 
+# How long the writer keeps the file open without anything to write (see `_writer_connection`).
+_LINGER_S: Final = 1.0
+
 # While the writer keeps its connection, DuckDB checkpoints when the log passes this size. A cycle of
 # 20,000 spans logs about 21 MB, and the default (16 MB) checkpointed after every one; at 128 MB one
 # checkpoint writes about one row group (122,880 rows) at once, for about half the time per span.
 _CHECKPOINT_THRESHOLD: Final = "128MB"
 
 _EPOCH_RANGE_S: Final = (-62_135_596_800.0, 253_402_300_799.0)  # years 1 to 9999
+
+
+def _file_identity(path: str) -> tuple[int, int, int] | None:
+    """Inode, size and modification time of the database file (None if it is gone).
+
+    Between two write cycles DuckDB writes only its log (`.wal`): the file itself changes at a
+    checkpoint, inside a cycle. A change between cycles is someone else's.
+    """
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_ino, found.st_size, found.st_mtime_ns
 
 
 def _epoch_bound(microseconds: int | None, widen_s: float) -> float:
@@ -1023,6 +1054,10 @@ class _StoreSink:
         store = self._store()
         if store is not None:
             store._release_held()
+
+    def idle(self, seconds: float) -> bool:
+        store = self._store()
+        return store is not None and store._idle(seconds)
 
     def write(
         self,

@@ -110,6 +110,11 @@ class BatchSink(Protocol):
     def release(self) -> None:
         """Let go of what the sink kept between batches (the writer thread calls it as it stops)."""
 
+    def idle(self, seconds: float) -> bool:
+        """Nothing was written for `seconds`: let go of what the sink keeps between batches if that is
+        long enough or someone else needs it. True while it still keeps something: the writer then
+        asks again every `IDLE_POLL_S` while it has nothing to write."""
+
 
 class DropReporter:
     """Counts dropped spans by reason and logs them at most once per interval."""
@@ -230,6 +235,17 @@ def _remember(keys: dict[str, None], key: str) -> None:
             del keys[next(iter(keys))]
 
 
+# How often an idle writer asks its sink whether to let go of what it keeps (a file others wait for).
+IDLE_POLL_S: Final = 0.05
+
+
+class _Idle:
+    """What `_take` returns when an idle writer should ask its sink (`BatchSink.idle`)."""
+
+
+_IDLE: Final = _Idle()
+
+
 class BackgroundWriter:
     """Owns the thread that writes; everything else only enqueues."""
 
@@ -290,6 +306,9 @@ class BackgroundWriter:
         self._abandoned = False
         self._parked = False
         self._running = False
+        # The writer thread's own: whether the sink keeps something between batches, and since when idle.
+        self._sink_keeps = False
+        self._last_write = 0.0
         self._thread: threading.Thread | None = None
         self._close_deadline: float | None = None
         self._shutdown_deadline: float | None = None
@@ -302,12 +321,6 @@ class BackgroundWriter:
     @property
     def max_queued(self) -> int:
         return self._max_queued
-
-    @property
-    def backlogged(self) -> bool:
-        """Whether finished spans are waiting behind the batch being written."""
-        with self._condition:
-            return bool(self._queue.spans)
 
     @property
     def queued(self) -> int:
@@ -537,9 +550,11 @@ class BackgroundWriter:
 
     # -- the writer thread -------------------------------------------------------------------------
 
-    def _take(self) -> tuple[_Queue, list[str], bool] | None:
-        """Block until there is a batch to write; None when the thread should stop."""
+    def _take(self) -> tuple[_Queue, list[str], bool] | _Idle | None:
+        """Block until there is a batch to write; None when the thread should stop, `_IDLE` when the
+        sink keeps something and should be asked whether to let go of it."""
         with self._condition:
+            polled = False
             while True:
                 if self._abandoned or (self._parked and not self._closing) or self._closed:
                     self._running = False
@@ -547,7 +562,13 @@ class BackgroundWriter:
                     return None
                 if self._queue or self._started or self._closing or self._flush_wanted or self._forget:
                     break
-                self._condition.wait()
+                if not self._sink_keeps:
+                    self._condition.wait()
+                elif polled:
+                    return _IDLE
+                else:
+                    self._condition.wait(IDLE_POLL_S)
+                    polled = True
             deadline = time.monotonic() + self._flush_interval_s
             while not (
                 self._closing or self._flush_wanted or self._parked or len(self._queue) >= self._batch_size
@@ -599,6 +620,9 @@ class BackgroundWriter:
             taken = self._take()
             if taken is None:
                 return
+            if isinstance(taken, _Idle):
+                self._ask_sink(time.monotonic() - self._last_write)
+                continue
             batch, forget, closing = taken
             deadline = self._close_deadline
             if closing and deadline is not None and time.monotonic() >= deadline:
@@ -632,11 +656,20 @@ class BackgroundWriter:
                         return
                     self._done(batch)
             backoff = 0.02
+            self._last_write = time.monotonic()
+            self._ask_sink(0.0)
             self.drops.report_due()
             if closing:
                 with self._condition:
                     if not self._queue:
                         return
+
+    def _ask_sink(self, idle_s: float) -> None:
+        try:
+            self._sink_keeps = self._sink.idle(idle_s)
+        except Exception:  # closing the file failed: the next write opens it again
+            logger.debug("otel-workflow could not close the database", exc_info=True)
+            self._sink_keeps = False
 
     def _give_up(self, batch: _Queue, why: str) -> None:
         """At the close deadline: count what is left as dropped and stop."""

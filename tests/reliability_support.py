@@ -201,6 +201,19 @@ def read_only_folder(folder: Path) -> Iterator[Path]:
         unmount(folder)
 
 
+def open_files_in(folder: Path) -> list[str]:
+    """The files in `folder` that this process has open."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed meanwhile (or the listing's own descriptor)
+            continue
+        if target.startswith(f"{folder}{os.sep}"):
+            found.append(target)
+    return found
+
+
 def set_writable(folder: Path, writable: bool) -> None:
     """Flip a `read_only_folder` mount (root) between read-only and writable."""
     if not is_root():

@@ -23,7 +23,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from reliability_support import check_database, read_only_folder, set_writable, small_tmpfs
+from reliability_support import check_database, open_files_in, read_only_folder, set_writable, small_tmpfs
+from support import wait_until
 
 from otel_workflow import (
     DuckDBSpanExporter,
@@ -252,6 +253,9 @@ def test_folder_turns_read_only_while_running(
         app = make_app(folder / "traces.duckdb")
         produced = app.work(3)
         assert app.store.flush(30)
+        # Linux refuses to remount a folder read-only while a file in it is open for writing: wait for
+        # the idle writer to let go of the database, as an administrator's remount would have to.
+        wait_until(lambda: not open_files_in(folder), timeout_s=10)
         set_writable(folder, False)
         produced += app.work(5)
         assert app.store.flush(30)

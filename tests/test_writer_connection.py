@@ -1,8 +1,9 @@
-"""The writer keeps its connection across the cycles of a backlog, and lets go when someone needs the file.
+"""The writer keeps its connection while spans keep coming, and lets go when someone needs the file.
 
 A process that keeps a DuckDB file open locks every other process out of it, so the connection kept
-for speed must be given up when the backlog is written, when another process waits for the file, and
-when this process forks. These tests use real processes and the real hand-over lock.
+for speed must be given up when the writer has been idle for a while, when another process waits for
+the file (also while the writer is idle), and when this process forks. These tests use real processes
+and the real hand-over lock.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from support import wait_until
 
 from otel_workflow import TraceStore, WorkflowSpanProcessor, WorkflowTracer
+from otel_workflow import store as store_module
 from otel_workflow.store import _gate
 
 _READER = textwrap.dedent(
@@ -56,16 +59,43 @@ def start_reader(db: Path, lock_timeout_s: float) -> subprocess.Popen[str]:
     )
 
 
-def test_after_a_backlog_is_written_another_process_opens_the_file_at_once(tmp_path: Path) -> None:
+def submit_in_batches(store: TraceStore, spans: list[ReadableSpan]) -> None:
+    for first in range(0, len(spans), 512):  # the way a BatchSpanProcessor hands them over
+        store.submit_spans(spans[first : first + 512])
+
+
+def test_an_idle_writer_lets_go_of_the_file_after_its_linger(tmp_path: Path) -> None:
     db = tmp_path / "wf.duckdb"
     store = TraceStore(db)
     spans = make_spans(2_000)  # 8,000 spans
-    for first in range(0, len(spans), 512):  # the way a BatchSpanProcessor hands them over
-        store.submit_spans(spans[first : first + 512])
+    submit_in_batches(store, spans)
     assert store.flush(60)
-    # Kept past the backlog, the file would lock this reader out for longer than its half second.
+    assert store._held is not None  # kept: more spans may come
+    wait_until(lambda: store._held is None, timeout_s=10)
+    # Let go: the reader has it at once, well within its half second.
     reader = start_reader(db, lock_timeout_s=0.5)
     out, err = reader.communicate(timeout=60)
+    assert reader.returncode == 0, err
+    assert int(out) == len(spans)
+    store.close()
+
+
+def test_an_idle_writer_gives_the_file_to_a_waiting_process_before_its_linger_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "wf.duckdb"
+    # A linger longer than the test: only the waiting reader can make the writer let go.
+    monkeypatch.setattr(store_module, "_LINGER_S", 600.0)
+    store = TraceStore(db)
+    spans = make_spans(50)
+    submit_in_batches(store, spans)
+    assert store.flush(60)
+    assert store._held is not None
+    reader = start_reader(db, lock_timeout_s=30)
+    try:
+        out, err = reader.communicate(timeout=60)
+    finally:
+        reader.kill()
     assert reader.returncode == 0, err
     assert int(out) == len(spans)
     store.close()
@@ -75,14 +105,14 @@ def test_a_kept_connection_is_given_up_to_a_process_waiting_for_the_file(tmp_pat
     db = tmp_path / "wf.duckdb"
     store = TraceStore(db)
     spans = make_spans(10)
-    with store._writer_connection(lambda: True) as connection:
+    with store._writer_connection(keep=True) as connection:
         connection.execute("SELECT 1")
-    assert store._held is not None  # a backlog: kept for the next cycle
+    assert store._held is not None  # kept for the next cycle
     reader = start_reader(db, lock_timeout_s=30)
     try:
         # The reader polls the hand-over lock and says it is waiting; the writer sees it after its cycle.
         wait_until(lambda: _gate.wanted(str(db)), timeout_s=20)
-        with store._writer_connection(lambda: True) as connection:  # still a backlog, but someone waits
+        with store._writer_connection(keep=True) as connection:  # more to write, but someone waits
             connection.execute("SELECT 1")
         assert store._held is None
         out, err = reader.communicate(timeout=60)
@@ -99,7 +129,7 @@ def test_a_kept_connection_is_given_up_to_a_process_waiting_for_the_file(tmp_pat
 def test_the_kept_connection_is_closed_when_the_store_closes(tmp_path: Path) -> None:
     db = tmp_path / "wf.duckdb"
     store = TraceStore(db)
-    with store._writer_connection(lambda: True) as connection:
+    with store._writer_connection(keep=True) as connection:
         connection.execute("SELECT 1")
     assert store._held is not None
     store.submit_spans(make_spans(5))
@@ -120,7 +150,7 @@ _FORK_WHILE_KEPT = textwrap.dedent(
 
     folder = Path(sys.argv[1])
     store = TraceStore(folder / "parent.duckdb")
-    with store._writer_connection(lambda: True) as connection:
+    with store._writer_connection(keep=True) as connection:
         connection.execute("SELECT 1")
     assert store._held is not None
     # The writer lets go when its next cycle sees the fork waiting; these spans make that cycle.
