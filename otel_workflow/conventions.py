@@ -86,8 +86,14 @@ def is_step(name: str, attributes: Mapping[str, Any]) -> bool:
     )
 
 
-def is_execution(name: str, attributes: Mapping[str, Any]) -> bool:
-    return role_of(name, attributes) == ROLE_EXECUTION
+def plainly_not_workflow(name: str, attributes: Mapping[str, Any]) -> bool:
+    """True when a span is neither execution nor step and names no execution (most spans), by one
+    set operation: `role_of` and `execution_id_of` give None for it. False means: ask them."""
+    return (
+        _WORKFLOW_MARKERS.isdisjoint(attributes)
+        and not name.startswith(STEP_SPAN_PREFIX)
+        and name != EXECUTION_SPAN_NAME
+    )
 
 
 def role_of(name: str, attributes: Mapping[str, Any]) -> str | None:
@@ -194,6 +200,10 @@ def _pick(get: Callable[[str], Any], keys: tuple[str, ...]) -> Any:
     return None
 
 
+# The keys that can give a span a role or an execution id (see `plainly_not_workflow`).
+_WORKFLOW_MARKERS: Final = frozenset(
+    (*EXECUTION_ID_KEYS, STEP_NAME, CICD_TASK_RUN_ID, CICD_TASK_NAME, CICD_RUN_ID)
+)
 WORKFLOW_ID_KEYS: Final = (WORKFLOW_ID, CICD_PIPELINE_NAME)
 TRIGGER_TYPE_KEYS: Final = (TRIGGER_TYPE,)
 TRIGGERED_BY_KEYS: Final = (TRIGGERED_BY,)

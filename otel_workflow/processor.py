@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -40,6 +41,8 @@ class WorkflowSpanProcessor(SpanProcessor):
         # execution id -> step counter. `next()` on itertools.count and single dict operations are atomic
         # under the GIL, which is what makes numbering correct across threads without a lock.
         self._counters: dict[str, Iterator[int]] = {}
+        # span id of an execution span -> its execution id: on_end finds an ending execution by one lookup.
+        self._execution_spans: dict[int, str] = {}
         self.evicted_executions = 0
         self._failed_once = False
 
@@ -55,10 +58,16 @@ class WorkflowSpanProcessor(SpanProcessor):
         # Plain-dict views: lookups through the SDK's Mapping wrappers cost a lock and an exception each.
         attributes = span_attributes(span)
         name = span.name
+        parent_context_of_span = span.parent
+        # Only a local parent can be a span of ours to inherit an execution from (a root span has no
+        # parent; a remote one is a NonRecordingSpan): without one, most spans are done here.
+        local_parent = parent_context_of_span is not None and not parent_context_of_span.is_remote
+        if not local_parent and cv.plainly_not_workflow(name, attributes):
+            return
         role = cv.role_of(name, attributes)
         step = role == cv.ROLE_STEP
         execution_id = cv.execution_id_of(attributes)
-        if execution_id is None or step:
+        if local_parent and (execution_id is None or step):
             parent = trace.get_current_span(parent_context)
             if isinstance(parent, ReadableSpan) and parent.context is not None:
                 parent_attributes = span_attributes(parent)
@@ -80,30 +89,27 @@ class WorkflowSpanProcessor(SpanProcessor):
                     counter = self._counters.setdefault(execution_id, itertools.count(1))
                 span.set_attribute(cv.STEP_SEQUENCE, next(counter))
         elif role == cv.ROLE_EXECUTION:
-            if execution_id is not None:
-                self._track(execution_id)
+            if execution_id is not None and span.context is not None:
+                self._track(execution_id, span.context.span_id)
         else:
             return
         if self.store is not None:
             # The live row is built by the writer, and only if the span is still running by then.
             self.store.submit_running(span, execution_id)
 
-    def _track(self, execution_id: str) -> None:
-        if len(self._counters) >= self._max_live:
-            try:
-                del self._counters[next(iter(self._counters))]
-                self.evicted_executions += 1
-            except (StopIteration, KeyError, RuntimeError):
-                pass
+    def _track(self, execution_id: str, span_id: int) -> None:
+        if _evict_oldest(self._counters, self._max_live):
+            self.evicted_executions += 1
+        _evict_oldest(self._execution_spans, self._max_live)
         self._counters.setdefault(execution_id, itertools.count(1))
+        self._execution_spans[span_id] = execution_id
 
     def on_end(self, span: ReadableSpan) -> None:
         try:
-            attributes = span_attributes(span)
-            if cv.is_execution(span.name, attributes):
-                execution_id = cv.execution_id_of(attributes)
-                if execution_id is not None:
-                    self._counters.pop(execution_id, None)
+            context = span.context
+            execution_id = None if context is None else self._execution_spans.pop(context.span_id, None)
+            if execution_id is not None:
+                self._counters.pop(execution_id, None)
         except Exception:
             if not self._failed_once:
                 self._failed_once = True
@@ -121,3 +127,14 @@ class WorkflowSpanProcessor(SpanProcessor):
         if self.store is None or self.store.read_only:
             return True
         return self.store.flush(timeout_millis / 1000)
+
+
+def _evict_oldest(entries: dict[Any, Any], limit: int) -> bool:
+    """Make room for one more entry; whether one was evicted (other threads may do it at the same time)."""
+    if len(entries) < limit:
+        return False
+    try:
+        del entries[next(iter(entries))]
+    except (StopIteration, KeyError, RuntimeError):
+        return False
+    return True

@@ -167,8 +167,10 @@ def plain_attributes(attributes: Any) -> Mapping[str, Any]:
 
 def span_attributes(span: ReadableSpan) -> Mapping[str, Any]:
     """A span's attributes as a plain dict (see `plain_attributes`)."""
-    # ReadableSpan.attributes wraps them in a MappingProxyType, which hides `_dict`.
-    return plain_attributes(getattr(span, "_attributes", None) or span.attributes)
+    # ReadableSpan.attributes wraps them in a MappingProxyType, which hides `_dict`. (No `or`: the
+    # truth of BoundedAttributes is a Python-level __len__.)
+    attributes = getattr(span, "_attributes", None)
+    return plain_attributes(span.attributes if attributes is None else attributes)
 
 
 def attributes_json(attributes: Mapping[str, Any] | None) -> str:

@@ -15,7 +15,13 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Span, Status, StatusCode, Tracer, format_span_id
 
 from otel_workflow import DuckDBSpanExporter, TraceStore
-from otel_workflow.conventions import Recognised, recognise
+from otel_workflow.conventions import (
+    Recognised,
+    execution_id_of,
+    plainly_not_workflow,
+    recognise,
+    role_of,
+)
 
 
 class Plain:
@@ -309,3 +315,23 @@ def test_recognise_never_raises_and_is_consistent(name: str, attributes: dict[st
     assert found.execution_id is None or isinstance(found.execution_id, str)
     assert found.step_sequence is None or isinstance(found.step_sequence, int)
     assert recognise(name, attributes) == found
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=st.one_of(
+        st.sampled_from(["workflow.execute", "workflow.step.a", "workflow.step.", "workflow.x", "x"]),
+        st.text(),
+    ),
+    attributes=st.dictionaries(_keys, _values, max_size=6),
+)
+def test_the_processors_fast_check_never_passes_over_a_workflow_span(
+    name: str, attributes: dict[str, Any]
+) -> None:
+    # The processor returns early on spans `plainly_not_workflow` accepts: it must say so only for
+    # spans that have neither a role nor an execution id.
+    if plainly_not_workflow(name, attributes):
+        assert role_of(name, attributes) is None
+        assert execution_id_of(attributes) is None
+    # And it does pass over the spans it is for: no workflow key, no workflow name.
+    assert plainly_not_workflow("GET /orders", {"http.route": "/orders", "other": 1})
