@@ -21,12 +21,14 @@ What is timed, per method, on a fresh DuckDB file (tempfile directory) created b
 `--batch-size` spans (as the store's writer does), with time.perf_counter_ns around each phase of each batch:
 
 - convert: SDK span objects -> rows ready for DuckDB.
-    arrow:      `otel_workflow.rows.SpanConverter().finished(batch)` (pyarrow tables).
-    appender / executemany: `TupleConverter.finished(batch)` below, the same logic as
-                `SpanConverter.finished` line for line, emitting Python tuples instead of
-                Arrow columns. The appender converts values as executemany parameters are
-                and cannot cast an integer to TIMESTAMPTZ, so timestamps become aware
-                `datetime` objects here (the Arrow path keeps integer microseconds).
+    arrow:      `otel_workflow.rows.SpanConverter().finished(batch)` (pyarrow tables; the C
+                converter where it was built, as in the store).
+    appender / executemany: `TupleConverter.finished(batch)` below, the same logic as the
+                Python reference loop (`SpanConverter._python_batch`) line for line, emitting
+                Python tuples instead of Arrow columns. The appender converts values as
+                executemany parameters are and cannot cast an integer to TIMESTAMPTZ, so
+                timestamps become aware `datetime` objects here (the Arrow path keeps integer
+                microseconds).
 - insert: rows -> committed. BEGIN; the `spans` rows and the `span_events` rows (there are no
   links); COMMIT.
     arrow:      `conn.register(name, table)` + `INSERT INTO <table> SELECT * FROM name` + unregister.
@@ -219,7 +221,7 @@ def _ts(micros: int) -> datetime:
 
 
 class TupleConverter:
-    """`SpanConverter.finished` line for line, emitting tuples in table column order.
+    """`SpanConverter._python_batch` line for line, emitting tuples in table column order.
 
     The only difference: timestamps are aware datetimes, since the appender (like
     executemany) will not cast an integer to TIMESTAMPTZ.
