@@ -412,6 +412,7 @@ class TraceStore:
         self._held: duckdb.DuckDBPyConnection | None = None
         # The file as it was when the connection was kept: changed since, someone else replaced or rewrote it.
         self._held_file: tuple[int, int, int] | None = None
+        self._held_since = 0.0
         if self.path == MEMORY:
             if read_only:
                 raise StoreError("an in-memory database cannot be opened read-only: it would always be empty")
@@ -520,10 +521,11 @@ class TraceStore:
         if connection is None:
             connection = self._open(read_only=False, timeout_s=0.25)
             connection.execute(f"SET checkpoint_threshold = '{_CHECKPOINT_THRESHOLD}'")
+            self._held_since = time.monotonic()
         kept = False
         try:
             yield connection
-            kept = keep and not _gate.wanted(self.path)
+            kept = keep and time.monotonic() - self._held_since < _MAX_HOLD_S and not _gate.wanted(self.path)
         finally:
             if kept:
                 self._held, self._held_file = connection, _file_identity(self.path)
@@ -1004,8 +1006,11 @@ def _insert_finished(connection: duckdb.DuckDBPyConnection, batch: SpanBatch) ->
 
 _CONVERT_SLICE: Final = 4096
 
-# How long the writer keeps the file open without anything to write (see `_writer_connection`).
+# How long the writer keeps the file open without anything to write, and at most in one go (see
+# `_writer_connection`): the DuckDB instance's memory (the rows logged since the last checkpoint, the
+# blocks it has read) is given back at each close.
 _LINGER_S: Final = 1.0
+_MAX_HOLD_S: Final = 5.0
 
 # While the writer keeps its connection, DuckDB checkpoints when the log passes this size. A cycle of
 # 20,000 spans logs about 21 MB, and the default (16 MB) checkpointed after every one; at 128 MB one

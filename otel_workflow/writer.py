@@ -556,9 +556,10 @@ class BackgroundWriter:
         with self._condition:
             polled = False
             while True:
+                # Stopping: `_run` marks the thread stopped only after the sink let go of the file, so
+                # that nobody (an exit hook waiting in `park`) takes it for stopped while DuckDB still
+                # closes; a connection left open at interpreter exit aborts the process.
                 if self._abandoned or (self._parked and not self._closing) or self._closed:
-                    self._running = False
-                    self._condition.notify_all()
                     return None
                 if self._queue or self._started or self._closing or self._flush_wanted or self._forget:
                     break
@@ -578,8 +579,6 @@ class BackgroundWriter:
                     break
                 self._condition.wait(remaining)
             if self._parked and not self._closing:
-                self._running = False
-                self._condition.notify_all()
                 return None
             self._collect_started()
             queue = self._queue

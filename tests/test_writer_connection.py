@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,58 @@ def test_a_fork_waits_for_the_kept_connection_and_the_child_starts_without_it(tm
     for name, spans in (("parent", 20), ("child", 8)):
         reader = TraceStore(tmp_path / f"{name}.duckdb", read_only=True)
         assert reader.sql("SELECT count(*) FROM spans")[0][0] == spans
+
+
+def test_a_busy_writer_still_closes_the_file_now_and_then(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each close gives back the DuckDB instance's memory (rows logged since the last checkpoint,
+    blocks read): a writer that never went idle kept all of it (benchmarks/memory.py, 10M spans)."""
+    monkeypatch.setattr(store_module, "_MAX_HOLD_S", 0.3)
+    store = TraceStore(tmp_path / "wf.duckdb", flush_interval_s=0.05)
+    spans = make_spans(400)
+    opened: set[float] = set()  # when each connection the writer kept was opened
+    deadline = time.monotonic() + 10
+    for first in range(0, len(spans), 40):  # a steady stream for about 2 s: never idle for the linger
+        store.submit_spans(spans[first : first + 40])
+        time.sleep(0.05)
+        if store._held is not None:
+            opened.add(store._held_since)
+        if len(opened) >= 3 or time.monotonic() > deadline:
+            break
+    assert len(opened) >= 3, opened
+    assert store.flush(30)
+    assert store.sql("SELECT count(*) FROM spans")[0][0] <= len(spans)
+    store.close()
+
+
+_EXIT_WHILE_KEPT = textwrap.dedent(
+    """
+    import sys
+    from test_writer_connection import make_spans
+    from otel_workflow import TraceStore
+
+    store = TraceStore(sys.argv[1])
+    store.submit_spans(make_spans(50))
+    assert store.flush(30)
+    assert store._held is not None  # kept: the process exits within the linger, store not closed
+    """
+)
+
+
+def test_exiting_while_the_writer_keeps_the_file_closes_it_cleanly(tmp_path: Path) -> None:
+    # A DuckDB connection still open while the interpreter finalises aborted the process ("terminate
+    # called after throwing..."): the exit hook must wait until the writer has let go of the file.
+    db = tmp_path / "wf.duckdb"
+    for _ in range(3):
+        done = subprocess.run(
+            [sys.executable, "-c", _EXIT_WHILE_KEPT, str(db)],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])},
+        )
+        assert done.returncode == 0, done.stderr
+    reader = TraceStore(db, read_only=True)
+    assert reader.sql("SELECT count(*) FROM spans")[0][0] == 3 * 200
