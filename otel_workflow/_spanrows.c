@@ -868,92 +868,90 @@ static int dropped_counts(PyObject *span, PyObject *attributes, PyObject *events
     return 0;
 }
 
-/* Events: one span_events row each; the payload events also give the span's input/output. */
-static int add_events(Batch *b, PyObject *events, PyObject *trace_id, PyObject *span_id,
-                      PyObject **input, PyObject **output) {
-    PyObject *list = elements(events);
+/* The span an event or link row belongs to, and where its events put the span's input/output. */
+typedef struct {
+    PyObject *trace_id;
+    PyObject *span_id;
+    PyObject **input;
+    PyObject **output;
+} Owner;
+
+typedef int (*AddElement)(Batch *b, PyObject *element, int32_t index, Owner *owner);
+
+/* `add` for each element of a span's events or links, with its index. */
+static int add_each(Batch *b, PyObject *items, AddElement add, Owner *owner) {
+    PyObject *list = elements(items);
     Py_ssize_t count = list == NULL ? -1 : PyObject_Size(list);
     int status = count < 0 ? -1 : 0;
     for (Py_ssize_t i = 0; status == 0 && i < count; i++) {
-        PyObject *event = PySequence_GetItem(list, i);
-        if (event == NULL) {
-            status = -1;
-            break;
-        }
-        int32_t index = (int32_t)i;
-        PyObject *name = member(event, config.event_type, s_name, s_public_name);
-        PyObject *raw = name ? member(event, config.event_type, s_attributes, s_public_attributes) : NULL;
-        PyObject *stamp = raw ? member(event, config.event_type, s_timestamp_field, s_timestamp) : NULL;
-        PyObject *attributes = stamp ? plain_attributes(raw) : NULL;
-        int64_t at = 0;
-        status = attributes == NULL ? -1 : micros(stamp, &at);
-        if (status == 0 && PyUnicode_Check(name)) {
-            int io = PySet_Contains(config.io_events, name);
-            if (io < 0) {
-                status = -1;
-            } else if (io) {
-                PyObject *payload = PyObject_CallOneArg(config.io_payload, attributes);
-                if (payload == NULL) {
-                    status = -1;
-                } else {
-                    int is_output = PyUnicode_Compare(name, config.io_output_event) == 0;
-                    Py_XSETREF(*(is_output ? output : input), payload);
-                }
-            }
-        }
-        if (status == 0) {
-            Column *c = b->events;
-            status = (append_hex(&c[E_TRACE_ID], trace_id, 32) < 0 ||
-                      append_hex(&c[E_SPAN_ID], span_id, 16) < 0 || append_i32(&c[E_INDEX], index) < 0 ||
-                      append_text(&c[E_NAME], name) < 0 || append_i64(&c[E_TIMESTAMP], at) < 0 ||
-                      append_json(&c[E_ATTRIBUTES], attributes) < 0)
-                         ? -1
-                         : 0;
-            b->event_rows += status == 0;
-        }
-        Py_XDECREF(name);
-        Py_XDECREF(raw);
-        Py_XDECREF(stamp);
-        Py_XDECREF(attributes);
-        Py_DECREF(event);
+        PyObject *element = PySequence_GetItem(list, i);
+        status = element == NULL ? -1 : add(b, element, (int32_t)i, owner);
+        Py_XDECREF(element);
     }
     Py_XDECREF(list);
     return status;
 }
 
-static int add_links(Batch *b, PyObject *links, PyObject *trace_id, PyObject *span_id) {
-    PyObject *list = elements(links);
-    Py_ssize_t count = list == NULL ? -1 : PyObject_Size(list);
-    int status = count < 0 ? -1 : 0;
-    for (Py_ssize_t i = 0; status == 0 && i < count; i++) {
-        PyObject *link = PySequence_GetItem(list, i);
-        if (link == NULL) {
+/* One span_events row; a payload event also gives the span's input or output. */
+static int add_event(Batch *b, PyObject *event, int32_t index, Owner *owner) {
+    PyObject *name = member(event, config.event_type, s_name, s_public_name);
+    PyObject *raw = name ? member(event, config.event_type, s_attributes, s_public_attributes) : NULL;
+    PyObject *stamp = raw ? member(event, config.event_type, s_timestamp_field, s_timestamp) : NULL;
+    PyObject *attributes = stamp ? plain_attributes(raw) : NULL;
+    int64_t at = 0;
+    int status = attributes == NULL ? -1 : micros(stamp, &at);
+    if (status == 0 && PyUnicode_Check(name)) {
+        int io = PySet_Contains(config.io_events, name);
+        if (io < 0) {
             status = -1;
-            break;
+        } else if (io) {
+            PyObject *payload = PyObject_CallOneArg(config.io_payload, attributes);
+            if (payload == NULL) {
+                status = -1;
+            } else {
+                int is_output = PyUnicode_Compare(name, config.io_output_event) == 0;
+                Py_XSETREF(*(is_output ? owner->output : owner->input), payload);
+            }
         }
-        int32_t index = (int32_t)i;
-        PyObject *context = member(link, config.link_type, s_context, s_public_context);
-        PyObject *raw = context ? member(link, config.link_type, s_attributes, s_public_attributes) : NULL;
-        PyObject *attributes = raw ? plain_attributes(raw) : NULL;
-        PyObject *linked_trace, *linked_span;
-        status = (attributes == NULL || context_ids(context, &linked_trace, &linked_span) < 0) ? -1 : 0;
-        if (status == 0) {
-            Column *c = b->links;
-            status = (append_hex(&c[L_TRACE_ID], trace_id, 32) < 0 ||
-                      append_hex(&c[L_SPAN_ID], span_id, 16) < 0 || append_i32(&c[L_INDEX], index) < 0 ||
-                      append_hex(&c[L_LINKED_TRACE_ID], linked_trace, 32) < 0 ||
-                      append_hex(&c[L_LINKED_SPAN_ID], linked_span, 16) < 0 ||
-                      append_json(&c[L_ATTRIBUTES], attributes) < 0)
-                         ? -1
-                         : 0;
-            b->link_rows += status == 0;
-        }
-        Py_XDECREF(context);
-        Py_XDECREF(raw);
-        Py_XDECREF(attributes);
-        Py_DECREF(link);
     }
-    Py_XDECREF(list);
+    if (status == 0) {
+        Column *c = b->events;
+        status = (append_hex(&c[E_TRACE_ID], owner->trace_id, 32) < 0 ||
+                  append_hex(&c[E_SPAN_ID], owner->span_id, 16) < 0 || append_i32(&c[E_INDEX], index) < 0 ||
+                  append_text(&c[E_NAME], name) < 0 || append_i64(&c[E_TIMESTAMP], at) < 0 ||
+                  append_json(&c[E_ATTRIBUTES], attributes) < 0)
+                     ? -1
+                     : 0;
+        b->event_rows += status == 0;
+    }
+    Py_XDECREF(name);
+    Py_XDECREF(raw);
+    Py_XDECREF(stamp);
+    Py_XDECREF(attributes);
+    return status;
+}
+
+/* One span_links row. */
+static int add_link(Batch *b, PyObject *link, int32_t index, Owner *owner) {
+    PyObject *context = member(link, config.link_type, s_context, s_public_context);
+    PyObject *raw = context ? member(link, config.link_type, s_attributes, s_public_attributes) : NULL;
+    PyObject *attributes = raw ? plain_attributes(raw) : NULL;
+    PyObject *linked_trace, *linked_span;
+    int status = (attributes == NULL || context_ids(context, &linked_trace, &linked_span) < 0) ? -1 : 0;
+    if (status == 0) {
+        Column *c = b->links;
+        status = (append_hex(&c[L_TRACE_ID], owner->trace_id, 32) < 0 ||
+                  append_hex(&c[L_SPAN_ID], owner->span_id, 16) < 0 || append_i32(&c[L_INDEX], index) < 0 ||
+                  append_hex(&c[L_LINKED_TRACE_ID], linked_trace, 32) < 0 ||
+                  append_hex(&c[L_LINKED_SPAN_ID], linked_span, 16) < 0 ||
+                  append_json(&c[L_ATTRIBUTES], attributes) < 0)
+                     ? -1
+                     : 0;
+        b->link_rows += status == 0;
+    }
+    Py_XDECREF(context);
+    Py_XDECREF(raw);
+    Py_XDECREF(attributes);
     return status;
 }
 
@@ -1234,8 +1232,9 @@ static int add_span(Batch *b, PyObject *span) {
     Py_INCREF(resource_row);
     int failed = is_error || equal(r.declared_status, config.failed);
     int bad = 0;
-    if ((f.events != Py_None && add_events(b, f.events, trace_id, span_id, &input, &output) < 0) ||
-        (f.links != Py_None && add_links(b, f.links, trace_id, span_id) < 0) ||
+    Owner owner = {trace_id, span_id, &input, &output};
+    if ((f.events != Py_None && add_each(b, f.events, add_event, &owner) < 0) ||
+        (f.links != Py_None && add_each(b, f.links, add_link, &owner) < 0) ||
         (failed && (error_message = PyObject_CallOneArg(config.error_message, span)) == NULL)) {
         bad = 1;
     }

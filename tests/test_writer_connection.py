@@ -51,6 +51,18 @@ def make_spans(executions: int) -> list[ReadableSpan]:
     return spans
 
 
+def run_script(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`script` in a fresh interpreter that can import this test module."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])},
+    )
+
+
 def start_reader(db: Path, lock_timeout_s: float) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", _READER, str(db), str(lock_timeout_s)],
@@ -177,14 +189,7 @@ _FORK_WHILE_KEPT = textwrap.dedent(
 
 
 def test_a_fork_waits_for_the_kept_connection_and_the_child_starts_without_it(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", _FORK_WHILE_KEPT, str(tmp_path)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])},
-    )
+    done = run_script(_FORK_WHILE_KEPT, str(tmp_path))
     assert done.returncode == 0, done.stderr
     code, waited, dropped = done.stdout.split()
     assert (code, dropped) == ("0", "0")
@@ -237,14 +242,7 @@ def test_exiting_while_the_writer_keeps_the_file_closes_it_cleanly(tmp_path: Pat
     # called after throwing..."): the exit hook must wait until the writer has let go of the file.
     db = tmp_path / "wf.duckdb"
     for _ in range(3):
-        done = subprocess.run(
-            [sys.executable, "-c", _EXIT_WHILE_KEPT, str(db)],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])},
-        )
+        done = run_script(_EXIT_WHILE_KEPT, str(db))
         assert done.returncode == 0, done.stderr
     reader = TraceStore(db, read_only=True)
     assert reader.sql("SELECT count(*) FROM spans")[0][0] == 3 * 200
