@@ -135,15 +135,18 @@ def test_threads_and_tasks_for_a_while_then_every_derived_row_matches_the_raw_sp
         assert store.sql("SELECT count(*) FROM execution_steps") == [(tally.steps,)]
     store.close()
     check_database(db_path)
+    # The SDK's BatchSpanProcessor in front of us may drop spans in its own queue under this load: then
+    # some steps never reach us, and their executions have gaps we cannot know of.
+    complete = handed_over[0] == tally.spans
     with TraceStore(db_path, read_only=True) as reader:
-        check_derived_against_raw(reader)
+        check_derived_against_raw(reader, complete=complete)
 
 
 def mismatches(reader: TraceStore, query: str) -> list[tuple[object, ...]]:
     return reader.sql(query)[:5]
 
 
-def check_derived_against_raw(reader: TraceStore) -> None:
+def check_derived_against_raw(reader: TraceStore, *, complete: bool) -> None:
     # Executions: one row per execution span, and every column as the span says.
     assert (
         mismatches(
@@ -188,13 +191,13 @@ def check_derived_against_raw(reader: TraceStore) -> None:
         )
         == []
     )
-    # Sequences: 1..n without gaps or repeats within each execution.
+    # Sequences: never repeated within an execution; 1..n without gaps when every step reached us.
+    gaps = "OR min(sequence_num) <> 1 OR max(sequence_num) <> count(*)" if complete else ""
     assert (
         mismatches(
             reader,
             "SELECT execution_id FROM execution_steps GROUP BY execution_id "
-            "HAVING count(DISTINCT sequence_num) <> count(*) OR min(sequence_num) <> 1 "
-            "OR max(sequence_num) <> count(*)",
+            f"HAVING count(DISTINCT sequence_num) <> count(*) {gaps}",
         )
         == []
     )
@@ -207,4 +210,5 @@ def check_derived_against_raw(reader: TraceStore) -> None:
         """
     )[0][0]
     assert reader.sql("SELECT count(*) FROM execution_logs") == [(expected_logs,)]
-    assert reader.sql("SELECT count(*) FROM running_spans") == [(0,)]
+    if complete:  # a step the SDK dropped after its live row was written stays as an interrupted row
+        assert reader.sql("SELECT count(*) FROM running_spans") == [(0,)]
