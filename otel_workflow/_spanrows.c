@@ -69,15 +69,20 @@ static int grow(void **buffer, size_t *capacity, size_t needed, size_t item) {
     return 0;
 }
 
-/* Room for one more row; marks it valid or null. */
-static int column_next(Column *c, int valid) {
-    size_t bytes = (size_t)(c->length / 8) + 1;
-    size_t before = c->validity_cap;
-    if (grow((void **)&c->validity, &c->validity_cap, bytes, 1) < 0) {
+/* A bitmap (validity, or boolean values) with room for bit `index`; new bytes are zero. */
+static int grow_bitmap(uint8_t **bitmap, size_t *capacity, size_t index) {
+    size_t before = *capacity;
+    if (grow((void **)bitmap, capacity, index / 8 + 1, 1) < 0) {
         return -1;
     }
-    if (c->validity_cap > before) {
-        memset(c->validity + before, 0, c->validity_cap - before);
+    memset(*bitmap + before, 0, *capacity - before);
+    return 0;
+}
+
+/* Room for one more row; marks it valid or null. */
+static int column_next(Column *c, int valid) {
+    if (grow_bitmap(&c->validity, &c->validity_cap, (size_t)c->length) < 0) {
+        return -1;
     }
     if (valid) {
         c->validity[c->length / 8] |= (uint8_t)(1u << (c->length % 8));
@@ -112,6 +117,18 @@ static int column_fixed(Column *c, const void *value, size_t width, int valid) {
     return 0;
 }
 
+/* Booleans are bit-packed values beside the validity bits. */
+static int column_boolean(Column *c, int valid, int value) {
+    if (column_next(c, valid) < 0 || grow_bitmap(&c->data, &c->data_cap, (size_t)c->length) < 0) {
+        return -1;
+    }
+    if (valid && value) {
+        c->data[c->length / 8] |= (uint8_t)(1u << (c->length % 8));
+    }
+    c->length++;
+    return 0;
+}
+
 static int append_i64(Column *c, int64_t value) { return column_fixed(c, &value, 8, 1); }
 static int append_i32(Column *c, int32_t value) { return column_fixed(c, &value, 4, 1); }
 static int append_f64(Column *c, double value) { return column_fixed(c, &value, 8, 1); }
@@ -128,44 +145,13 @@ static int append_null(Column *c) {
     case COL_I32:
         return column_fixed(c, NULL, 4, 0);
     case COL_BOOL:
-        break;
+        return column_boolean(c, 0, 0);
     default:
         return column_fixed(c, NULL, 8, 0);
     }
-    /* booleans: bit-packed values */
-    if (column_next(c, 0) < 0) {
-        return -1;
-    }
-    size_t bytes = (size_t)(c->length / 8) + 1;
-    size_t before = c->data_cap;
-    if (grow((void **)&c->data, &c->data_cap, bytes, 1) < 0) {
-        return -1;
-    }
-    if (c->data_cap > before) {
-        memset(c->data + before, 0, c->data_cap - before);
-    }
-    c->length++;
-    return 0;
 }
 
-static int append_bool(Column *c, int value) {
-    if (column_next(c, 1) < 0) {
-        return -1;
-    }
-    size_t bytes = (size_t)(c->length / 8) + 1;
-    size_t before = c->data_cap;
-    if (grow((void **)&c->data, &c->data_cap, bytes, 1) < 0) {
-        return -1;
-    }
-    if (c->data_cap > before) {
-        memset(c->data + before, 0, c->data_cap - before);
-    }
-    if (value) {
-        c->data[c->length / 8] |= (uint8_t)(1u << (c->length % 8));
-    }
-    c->length++;
-    return 0;
-}
+static int append_bool(Column *c, int value) { return column_boolean(c, 1, value); }
 
 static int append_bytes(Column *c, const char *text, Py_ssize_t size) {
     if (column_next(c, 1) < 0) {
@@ -189,11 +175,9 @@ static int append_bytes(Column *c, const char *text, Py_ssize_t size) {
 
 /* Room for `rows` rows (and `text_bytes` of text) before the first append: growing costs copies. */
 static int column_reserve(Column *c, size_t rows, size_t text_bytes) {
-    size_t before = c->validity_cap;
-    if (grow((void **)&c->validity, &c->validity_cap, rows / 8 + 1, 1) < 0) {
+    if (grow_bitmap(&c->validity, &c->validity_cap, rows) < 0) {
         return -1;
     }
-    memset(c->validity + before, 0, c->validity_cap - before);
     switch (c->kind) {
     case COL_STR:
         return grow((void **)&c->offsets, &c->offsets_cap, rows + 1, sizeof(int32_t)) < 0 ||
@@ -201,12 +185,7 @@ static int column_reserve(Column *c, size_t rows, size_t text_bytes) {
                    ? -1
                    : 0;
     case COL_BOOL:
-        before = c->data_cap;
-        if (grow((void **)&c->data, &c->data_cap, rows / 8 + 1, 1) < 0) {
-            return -1;
-        }
-        memset(c->data + before, 0, c->data_cap - before);
-        return 0;
+        return grow_bitmap(&c->data, &c->data_cap, rows);
     case COL_I32:
         return grow((void **)&c->data, &c->data_cap, rows * 4, 1);
     default:
