@@ -11,16 +11,16 @@ not grow with the number of runs.
 
 from __future__ import annotations
 
-import itertools
 import logging
-from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.util.types import AttributeValue
 
 from otel_workflow import conventions as cv
+from otel_workflow import numbering
 from otel_workflow.rows import hex_span_id, span_attributes
 from otel_workflow.store import TraceStore
 
@@ -32,17 +32,17 @@ class WorkflowSpanProcessor(SpanProcessor):
 
     `store`: where `running` rows go; without one the processor only enriches
     spans (for a service that exports OTLP only). `max_live_executions` bounds
-    the per-execution state should execution spans never end.
+    what it remembers of execution and step spans that started and have not
+    ended, should they never end (oldest forgotten first).
     """
 
     def __init__(self, store: TraceStore | None = None, *, max_live_executions: int = 100_000) -> None:
         self.store = store
         self._max_live = max_live_executions
-        # execution id -> step counter. `next()` on itertools.count and single dict operations are atomic
-        # under the GIL, which is what makes numbering correct across threads without a lock.
-        self._counters: dict[str, Iterator[int]] = {}
-        # span id of an execution span -> its execution id: on_end finds an ending execution by one lookup.
-        self._execution_spans: dict[int, str] = {}
+        # Span id of each execution and step span started here and not ended yet -> what its children
+        # inherit. A child finds its parent by one lookup of its parent's span id, instead of asking
+        # the context for the parent span and recognising it again (the fallback, for other parents).
+        self._live: dict[int, _Parent] = {}
         self.evicted_executions = 0
         self._failed_once = False
 
@@ -58,58 +58,55 @@ class WorkflowSpanProcessor(SpanProcessor):
         # Plain-dict views: lookups through the SDK's Mapping wrappers cost a lock and an exception each.
         attributes = span_attributes(span)
         name = span.name
-        parent_context_of_span = span.parent
+        parent = span.parent
         # Only a local parent can be a span of ours to inherit an execution from (a root span has no
         # parent; a remote one is a NonRecordingSpan): without one, most spans are done here.
-        local_parent = parent_context_of_span is not None and not parent_context_of_span.is_remote
+        local_parent = parent is not None and not parent.is_remote
         if not local_parent and cv.plainly_not_workflow(name, attributes):
             return
         role = cv.role_of(name, attributes)
         step = role == cv.ROLE_STEP
         execution_id = cv.execution_id_of(attributes)
-        if local_parent and (execution_id is None or step):
-            parent = trace.get_current_span(parent_context)
-            if isinstance(parent, ReadableSpan) and parent.context is not None:
-                parent_attributes = span_attributes(parent)
-                if execution_id is None:
-                    execution_id = cv.execution_id_of(parent_attributes)
-                    if execution_id is not None:
-                        span.set_attribute(cv.EXECUTION_ID, execution_id)
-                        workflow_id = parent_attributes.get(cv.WORKFLOW_ID)
-                        if workflow_id is not None and cv.WORKFLOW_ID not in attributes:
-                            span.set_attribute(cv.WORKFLOW_ID, workflow_id)
-                nested = step and cv.STEP_PARENT_ID not in attributes
-                if nested and cv.is_step(parent.name, parent_attributes):
-                    span.set_attribute(cv.STEP_PARENT_ID, hex_span_id(parent.context.span_id))
-        if step:
-            if execution_id is not None and cv.STEP_SEQUENCE not in attributes:
-                counter = self._counters.get(execution_id)
-                if counter is None:
-                    # The execution started elsewhere (another process) or its state was evicted.
-                    counter = self._counters.setdefault(execution_id, itertools.count(1))
-                span.set_attribute(cv.STEP_SEQUENCE, next(counter))
-        elif role == cv.ROLE_EXECUTION:
-            if execution_id is not None and span.context is not None:
-                self._track(execution_id, span.context.span_id)
-        else:
+        workflow_id = attributes.get(cv.WORKFLOW_ID)
+        added: dict[str, AttributeValue] = {}
+        if (
+            parent is not None
+            and local_parent
+            and (execution_id is None or (step and cv.STEP_PARENT_ID not in attributes))
+        ):
+            found = self._live.get(parent.span_id) or _recognised_parent(parent_context)
+            if found is not None:
+                if execution_id is None and found.execution_id is not None:
+                    execution_id = added[cv.EXECUTION_ID] = found.execution_id
+                    if found.workflow_id is not None and workflow_id is None:
+                        workflow_id = added[cv.WORKFLOW_ID] = found.workflow_id
+                if step and found.is_step and cv.STEP_PARENT_ID not in attributes:
+                    added[cv.STEP_PARENT_ID] = hex_span_id(parent.span_id)
+        if step and execution_id is not None and cv.STEP_SEQUENCE not in attributes:
+            # A step the tracer did not number (it has its number in its start attributes).
+            added[cv.STEP_SEQUENCE] = next(numbering.counter(execution_id))
+        if added:
+            span.set_attributes(added)
+        if role is None:
             return
+        context = span.context
+        if context is not None:
+            if role == cv.ROLE_EXECUTION and execution_id is not None:
+                numbering.counter(execution_id)
+            evicted = _evict_oldest(self._live, self._max_live)
+            if evicted is not None and not evicted.is_step:
+                self.evicted_executions += 1
+            self._live[context.span_id] = _Parent(execution_id, workflow_id, step)
         if self.store is not None:
             # The live row is built by the writer, and only if the span is still running by then.
             self.store.submit_running(span, execution_id)
 
-    def _track(self, execution_id: str, span_id: int) -> None:
-        if _evict_oldest(self._counters, self._max_live):
-            self.evicted_executions += 1
-        _evict_oldest(self._execution_spans, self._max_live)
-        self._counters.setdefault(execution_id, itertools.count(1))
-        self._execution_spans[span_id] = execution_id
-
     def on_end(self, span: ReadableSpan) -> None:
         try:
             context = span.context
-            execution_id = None if context is None else self._execution_spans.pop(context.span_id, None)
-            if execution_id is not None:
-                self._counters.pop(execution_id, None)
+            ended = None if context is None else self._live.pop(context.span_id, None)
+            if ended is not None and not ended.is_step and ended.execution_id is not None:
+                numbering.forget(ended.execution_id)
         except Exception:
             if not self._failed_once:
                 self._failed_once = True
@@ -117,8 +114,8 @@ class WorkflowSpanProcessor(SpanProcessor):
 
     @property
     def live_executions(self) -> int:
-        """Executions whose span has started and not ended (the state this processor holds)."""
-        return len(self._counters)
+        """Executions whose span started here and has not ended (the state this processor holds)."""
+        return sum(1 for entry in list(self._live.values()) if not entry.is_step)
 
     def shutdown(self) -> None:
         """Nothing to release: the exporter that shares the store closes it."""
@@ -129,12 +126,31 @@ class WorkflowSpanProcessor(SpanProcessor):
         return self.store.flush(timeout_millis / 1000)
 
 
-def _evict_oldest(entries: dict[Any, Any], limit: int) -> bool:
-    """Make room for one more entry; whether one was evicted (other threads may do it at the same time)."""
+class _Parent(NamedTuple):
+    """What a child span inherits from an execution or step span."""
+
+    execution_id: str | None
+    workflow_id: Any
+    is_step: bool
+
+
+def _recognised_parent(parent_context: otel_context.Context | None) -> _Parent | None:
+    """The parent span of the context, recognised from its attributes now (it is not one of ours that
+    is still running: an HTTP span inside a step, a step that already ended)."""
+    parent = trace.get_current_span(parent_context)
+    if not isinstance(parent, ReadableSpan) or parent.context is None:
+        return None
+    attributes = span_attributes(parent)
+    return _Parent(
+        cv.execution_id_of(attributes), attributes.get(cv.WORKFLOW_ID), cv.is_step(parent.name, attributes)
+    )
+
+
+def _evict_oldest(entries: dict[int, _Parent], limit: int) -> _Parent | None:
+    """Make room for one more entry; the one evicted, if any (other threads may do it at the same time)."""
     if len(entries) < limit:
-        return False
+        return None
     try:
-        del entries[next(iter(entries))]
+        return entries.pop(next(iter(entries)))
     except (StopIteration, KeyError, RuntimeError):
-        return False
-    return True
+        return None

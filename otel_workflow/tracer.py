@@ -14,7 +14,7 @@ import logging
 import os
 import random
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar
 
 from opentelemetry import context as otel_context
@@ -23,6 +23,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvid
 from opentelemetry.util.types import AttributeValue
 
 from otel_workflow import conventions as cv
+from otel_workflow import numbering
 from otel_workflow._version import __version__
 from otel_workflow.capture import (
     EXECUTION_INPUT_EVENT,
@@ -60,12 +61,14 @@ os.register_at_fork(after_in_child=_ids.seed)
 class Execution:
     """The handle of a running execution."""
 
-    __slots__ = ("execution_id", "span", "workflow_id")
+    __slots__ = ("_steps", "execution_id", "span", "workflow_id")
 
-    def __init__(self, span: Span, execution_id: str, workflow_id: str) -> None:
+    def __init__(self, span: Span, execution_id: str, workflow_id: str, steps: Iterator[int]) -> None:
         self.span = span
         self.execution_id = execution_id
         self.workflow_id = workflow_id
+        # Numbers its steps (`workflow.step.sequence`); shared with the processor (`numbering`).
+        self._steps = steps
 
     def __repr__(self) -> str:
         return f"Execution({self.workflow_id!r}, {self.execution_id!r})"
@@ -139,6 +142,9 @@ class _SpanScope(ReusableScope[H]):
         """The context the block runs in: the current one with the handle's span."""
         return trace.set_span_in_context(handle.span)
 
+    def _ended(self, handle: H) -> None:
+        """After the span of `handle` ended."""
+
     def _open_entry(self) -> tuple[H, Closer]:
         handle, var_token = self._start()
         context_token = otel_context.attach(self._block_context(handle))
@@ -157,6 +163,7 @@ class _SpanScope(ReusableScope[H]):
             finally:
                 otel_context.detach(context_token)
                 var_token.var.reset(var_token)
+                self._ended(handle)
 
         return handle, close
 
@@ -227,7 +234,9 @@ class ExecutionScope(_SpanScope[Execution]):
         )
         if capture and self._trigger_data is not None:
             _record(span, EXECUTION_INPUT_EVENT, self._trigger_data)
-        handle = Execution(span, execution_id, tracer.workflow_id)
+        # The processor (if any) made the counter when the span started; its steps and the ones the
+        # processor numbers share it.
+        handle = Execution(span, execution_id, tracer.workflow_id, numbering.counter(execution_id))
         if capture_context is not None:
             self._capture_contexts[id(handle)] = capture_context
         return handle, _current_execution.set(handle)
@@ -237,6 +246,9 @@ class ExecutionScope(_SpanScope[Execution]):
         # detach on exit undoes both.
         base = self._capture_contexts.pop(id(handle), None)
         return trace.set_span_in_context(handle.span, base)
+
+    def _ended(self, handle: Execution) -> None:
+        numbering.forget(handle.execution_id, only=handle._steps)
 
 
 class StepScope(_SpanScope[Step]):
@@ -267,6 +279,9 @@ class StepScope(_SpanScope[Step]):
         if execution is not None:
             attributes[cv.EXECUTION_ID] = execution.execution_id
             attributes[cv.WORKFLOW_ID] = execution.workflow_id
+            if cv.STEP_SEQUENCE not in attributes:
+                # Numbered here, in the start attributes: setting it on the started span costs more.
+                attributes[cv.STEP_SEQUENCE] = next(execution._steps)
         span = self._tracer.otel_tracer.start_span(
             cv.STEP_SPAN_PREFIX + self._name,
             kind=SpanKind.INTERNAL,

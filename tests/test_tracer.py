@@ -14,9 +14,13 @@ from typing import Any
 
 import pytest
 from conftest import CONFIG_VERSION, SERVICE_NAME, WORKFLOW_ID, Traced
+from opentelemetry import trace as otel_trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import format_span_id, format_trace_id
 
-from otel_workflow import Execution, Step, WorkflowTracer, capture_io
+from otel_workflow import Execution, Step, WorkflowSpanProcessor, WorkflowTracer, capture_io, numbering
 from otel_workflow.tracer import new_execution_id
 
 EXEC_COLUMNS = (
@@ -567,3 +571,99 @@ def test_a_forked_child_draws_other_execution_ids_than_its_parent() -> None:
     assert done.returncode == 0, done.stderr
     child, parent = done.stdout.split()
     assert child != parent
+
+
+def test_steps_started_by_other_code_share_the_executions_numbering(traced: Traced) -> None:
+    # A raw OpenTelemetry step span inside a WorkflowTracer execution is numbered by the processor from
+    # the counter the tracer numbers its own steps with: one sequence, no number twice.
+    wf = traced.wf
+    with wf.execution() as run:
+        with wf.step("first"):
+            pass
+        raw = {"workflow.step.name": "raw"}
+        with wf.otel_tracer.start_as_current_span("workflow.step.raw", attributes=raw), wf.step("inside-raw"):
+            pass
+        with wf.step("last"):
+            pass
+    traced.finish()
+
+    steps = {s["step_name"]: s for s in step_rows(traced, run.execution_id)}
+    assert {name: s["sequence_num"] for name, s in steps.items()} == {
+        "first": 1,
+        "raw": 2,
+        "inside-raw": 3,
+        "last": 4,
+    }
+    assert steps["inside-raw"]["parent_step_id"] == steps["raw"]["id"]
+    assert traced.processor.live_executions == 0
+
+
+def test_a_step_started_under_a_step_that_already_ended_still_names_it(traced: Traced) -> None:
+    # The processor finds running parents by span id; a parent that has ended is recognised from the
+    # context instead (a child started after its parent returned, as a fire-and-forget task does).
+    wf = traced.wf
+    with wf.execution() as run:
+        with wf.step("parent") as parent:
+            parent_context = otel_trace.set_span_in_context(parent.span)
+        with wf.otel_tracer.start_as_current_span(
+            "workflow.step.late", context=parent_context, attributes={"workflow.step.name": "late"}
+        ):
+            pass
+        with wf.otel_tracer.start_as_current_span("GET /later", context=parent_context):
+            pass
+    traced.finish()
+
+    steps = {s["step_name"]: s for s in step_rows(traced, run.execution_id)}
+    assert steps["late"]["parent_step_id"] == steps["parent"]["id"]
+    assert steps["late"]["sequence_num"] == 2
+    assert traced.scalar("SELECT execution_id FROM spans WHERE name = 'GET /later'") == run.execution_id
+
+
+def test_steps_are_numbered_without_the_processor() -> None:
+    # An OTLP-only service (no WorkflowSpanProcessor) still sends numbered steps: the tracer numbers them.
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    wf = WorkflowTracer("orders", tracer_provider=provider)
+    counters_before = numbering.live_count()
+    with wf.execution():
+        for name in ("a", "b", "c"):
+            with wf.step(name):
+                pass
+    provider.shutdown()
+    numbers = {
+        span.attributes["workflow.step.name"]: span.attributes["workflow.step.sequence"]
+        for span in memory.get_finished_spans()
+        if span.attributes is not None and "workflow.step.name" in span.attributes
+    }
+    assert numbers == {"a": 1, "b": 2, "c": 3}
+    assert numbering.live_count() == counters_before
+
+
+def test_state_for_executions_that_never_end_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(numbering, "LIMIT", numbering.live_count() + 5)
+    processor = WorkflowSpanProcessor(max_live_executions=3)
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(processor)
+    wf = WorkflowTracer("orders", tracer_provider=provider)
+    counters_before = numbering.live_count()
+    scopes = []
+    for _ in range(10):
+        scope = wf.execution()
+        scope.__enter__()  # left open: the span has not ended
+        scopes.append(scope)
+        with wf.step("s"):
+            pass
+    assert processor.live_executions <= 3
+    assert processor.evicted_executions >= 7
+    # Step spans of executions started elsewhere: counters made by the processor, never ended here.
+    tracer = provider.get_tracer("other")
+    for number in range(20):
+        with tracer.start_as_current_span("workflow.step.x", attributes={"execution.id": f"go-{number}"}):
+            pass
+    assert numbering.live_count() <= numbering.LIMIT
+    for scope in reversed(scopes):
+        scope.__exit__(None, None, None)
+    assert processor.live_executions == 0
+    assert numbering.live_count() <= counters_before + 5
+    provider.shutdown()
