@@ -48,6 +48,10 @@ def step_rows(traced: Traced, execution_id: str | None = None) -> list[dict[str,
     return [dict(zip(names, row, strict=True)) for row in rows]
 
 
+def steps_by_name(traced: Traced, execution_id: str) -> dict[str, dict[str, Any]]:
+    return {s["step_name"]: s for s in step_rows(traced, execution_id)}
+
+
 def test_execution_with_steps_becomes_rows(traced: Traced) -> None:
     wf = traced.wf
     with wf.execution(trigger_type="POST /orders", triggered_by="alice@example.com") as run:
@@ -219,7 +223,7 @@ def test_nested_steps_carry_parent_step_id(traced: Traced) -> None:
     def sid(handle: Step) -> str:
         return format_span_id(handle.span.get_span_context().span_id)
 
-    steps = {s["step_name"]: s for s in step_rows(traced, run.execution_id)}
+    steps = steps_by_name(traced, run.execution_id)
     assert {name: s["sequence_num"] for name, s in steps.items()} == {
         "pipeline": 1,
         "extract": 2,
@@ -587,13 +591,9 @@ def test_steps_started_by_other_code_share_the_executions_numbering(traced: Trac
             pass
     traced.finish()
 
-    steps = {s["step_name"]: s for s in step_rows(traced, run.execution_id)}
-    assert {name: s["sequence_num"] for name, s in steps.items()} == {
-        "first": 1,
-        "raw": 2,
-        "inside-raw": 3,
-        "last": 4,
-    }
+    steps = steps_by_name(traced, run.execution_id)
+    numbers = [(s["step_name"], s["sequence_num"]) for s in step_rows(traced, run.execution_id)]
+    assert numbers == [("first", 1), ("raw", 2), ("inside-raw", 3), ("last", 4)]
     assert steps["inside-raw"]["parent_step_id"] == steps["raw"]["id"]
     assert traced.processor.live_executions == 0
 
@@ -613,7 +613,7 @@ def test_a_step_started_under_a_step_that_already_ended_still_names_it(traced: T
             pass
     traced.finish()
 
-    steps = {s["step_name"]: s for s in step_rows(traced, run.execution_id)}
+    steps = steps_by_name(traced, run.execution_id)
     assert steps["late"]["parent_step_id"] == steps["parent"]["id"]
     assert steps["late"]["sequence_num"] == 2
     assert traced.scalar("SELECT execution_id FROM spans WHERE name = 'GET /later'") == run.execution_id
