@@ -74,7 +74,10 @@ class WorkflowSpanProcessor(SpanProcessor):
             and local_parent
             and (execution_id is None or (step and cv.STEP_PARENT_ID not in attributes))
         ):
-            found = self._live.get(parent.span_id) or _recognised_parent(parent_context)
+            found = self._live.get(parent.span_id)
+            if found is None or found.execution_id is None:
+                # Not one of ours that is running, or one that got its execution id after it started.
+                found = _recognised_parent(parent_context)
             if found is not None:
                 if execution_id is None and found.execution_id is not None:
                     execution_id = added[cv.EXECUTION_ID] = found.execution_id

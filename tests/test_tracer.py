@@ -619,6 +619,18 @@ def test_a_step_started_under_a_step_that_already_ended_still_names_it(traced: T
     assert traced.scalar("SELECT execution_id FROM spans WHERE name = 'GET /later'") == run.execution_id
 
 
+def test_a_step_whose_execution_id_came_after_it_started_passes_it_on(traced: Traced) -> None:
+    tracer = traced.wf.otel_tracer
+    with tracer.start_as_current_span("workflow.step.outer", attributes={"workflow.step.name": "o"}) as outer:
+        outer.set_attribute("workflow.execution.id", "late-id")
+        with tracer.start_as_current_span("workflow.step.inner", attributes={"workflow.step.name": "i"}):
+            pass
+    traced.finish()
+
+    steps = steps_by_name(traced, "late-id")
+    assert steps["i"]["parent_step_id"] == steps["o"]["id"]
+
+
 def test_steps_are_numbered_without_the_processor() -> None:
     # An OTLP-only service (no WorkflowSpanProcessor) still sends numbered steps: the tracer numbers them.
     memory = InMemorySpanExporter()
