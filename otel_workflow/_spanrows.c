@@ -871,6 +871,16 @@ static int add_each(Batch *b, PyObject *items, AddElement add, Owner *owner) {
     return status;
 }
 
+/* Events and links rows begin alike: the span they belong to, and their index in it. */
+_Static_assert(E_TRACE_ID == L_TRACE_ID && E_SPAN_ID == L_SPAN_ID && E_INDEX == L_INDEX,
+               "events and links share their first three columns");
+static int append_child_key(Column *c, Owner *owner, int32_t index) {
+    return (append_hex(&c[E_TRACE_ID], owner->trace_id, 32) < 0 ||
+            append_hex(&c[E_SPAN_ID], owner->span_id, 16) < 0 || append_i32(&c[E_INDEX], index) < 0)
+               ? -1
+               : 0;
+}
+
 /* One span_events row; a payload event also gives the span's input or output. */
 static int add_event(Batch *b, PyObject *event, int32_t index, Owner *owner) {
     PyObject *name = member(event, config.event_type, s_name, s_public_name);
@@ -895,10 +905,8 @@ static int add_event(Batch *b, PyObject *event, int32_t index, Owner *owner) {
     }
     if (status == 0) {
         Column *c = b->events;
-        status = (append_hex(&c[E_TRACE_ID], owner->trace_id, 32) < 0 ||
-                  append_hex(&c[E_SPAN_ID], owner->span_id, 16) < 0 || append_i32(&c[E_INDEX], index) < 0 ||
-                  append_text(&c[E_NAME], name) < 0 || append_i64(&c[E_TIMESTAMP], at) < 0 ||
-                  append_json(&c[E_ATTRIBUTES], attributes) < 0)
+        status = (append_child_key(c, owner, index) < 0 || append_text(&c[E_NAME], name) < 0 ||
+                  append_i64(&c[E_TIMESTAMP], at) < 0 || append_json(&c[E_ATTRIBUTES], attributes) < 0)
                      ? -1
                      : 0;
         b->event_rows += status == 0;
@@ -919,8 +927,7 @@ static int add_link(Batch *b, PyObject *link, int32_t index, Owner *owner) {
     int status = (attributes == NULL || context_ids(context, &linked_trace, &linked_span) < 0) ? -1 : 0;
     if (status == 0) {
         Column *c = b->links;
-        status = (append_hex(&c[L_TRACE_ID], owner->trace_id, 32) < 0 ||
-                  append_hex(&c[L_SPAN_ID], owner->span_id, 16) < 0 || append_i32(&c[L_INDEX], index) < 0 ||
+        status = (append_child_key(c, owner, index) < 0 ||
                   append_hex(&c[L_LINKED_TRACE_ID], linked_trace, 32) < 0 ||
                   append_hex(&c[L_LINKED_SPAN_ID], linked_span, 16) < 0 ||
                   append_json(&c[L_ATTRIBUTES], attributes) < 0)
