@@ -10,10 +10,9 @@ atomic under the GIL, which is what makes numbering correct across threads witho
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 from collections.abc import Iterator
-from typing import Final
+from typing import Final, TypeVar
 
 _counters: Final[dict[str, Iterator[int]]] = {}
 
@@ -26,7 +25,7 @@ def counter(execution_id: str) -> Iterator[int]:
     """The execution's counter, made on first use."""
     found = _counters.get(execution_id)
     if found is None:
-        _evict_oldest()
+        pop_oldest(_counters, LIMIT)
         found = _counters.setdefault(execution_id, itertools.count(1))
     return found
 
@@ -37,10 +36,21 @@ def forget(execution_id: str, only: Iterator[int] | None = None) -> None:
         _counters.pop(execution_id, None)
 
 
-def _evict_oldest() -> None:
-    if len(_counters) >= LIMIT:
-        with contextlib.suppress(StopIteration, KeyError, RuntimeError):  # another thread was first
-            del _counters[next(iter(_counters))]
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def pop_oldest(entries: dict[K, V], limit: int) -> V | None:
+    """Make room for one more entry when `limit` are held: the oldest one, popped (or None).
+
+    Without a lock: another thread may pop the same entry first, which is then not an error.
+    """
+    if len(entries) < limit:
+        return None
+    try:
+        return entries.pop(next(iter(entries)))
+    except (StopIteration, KeyError, RuntimeError):
+        return None
 
 
 def live_count() -> int:

@@ -96,7 +96,7 @@ class WorkflowSpanProcessor(SpanProcessor):
         if context is not None:
             if role == cv.ROLE_EXECUTION and execution_id is not None:
                 numbering.counter(execution_id)
-            evicted = _evict_oldest(self._live, self._max_live)
+            evicted = numbering.pop_oldest(self._live, self._max_live)
             if evicted is not None and not evicted.is_step:
                 self.evicted_executions += 1
             self._live[context.span_id] = _Parent(execution_id, workflow_id, step)
@@ -147,13 +147,3 @@ def _recognised_parent(parent_context: otel_context.Context | None) -> _Parent |
     return _Parent(
         cv.execution_id_of(attributes), attributes.get(cv.WORKFLOW_ID), cv.is_step(parent.name, attributes)
     )
-
-
-def _evict_oldest(entries: dict[int, _Parent], limit: int) -> _Parent | None:
-    """Make room for one more entry; the one evicted, if any (other threads may do it at the same time)."""
-    if len(entries) < limit:
-        return None
-    try:
-        return entries.pop(next(iter(entries)))
-    except (StopIteration, KeyError, RuntimeError):
-        return None
