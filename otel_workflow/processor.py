@@ -94,8 +94,6 @@ class WorkflowSpanProcessor(SpanProcessor):
             return
         context = span.context
         if context is not None:
-            if role == cv.ROLE_EXECUTION and execution_id is not None:
-                numbering.counter(execution_id)
             evicted = numbering.pop_oldest(self._live, self._max_live)
             if evicted is not None and not evicted.is_step:
                 self.evicted_executions += 1
