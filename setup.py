@@ -1,18 +1,21 @@
-"""The C converter of finished spans (otel_workflow/_spanrows.c); the rest is in pyproject.toml.
+"""The C parts (the rest is in pyproject.toml): the converter of finished spans
+(otel_workflow/_spanrows.c) and the span processor's per-span hooks (otel_workflow/_spanstart.c).
 
-`optional=True`: where no C compiler is found the package installs without it and
-`otel_workflow.rows` converts spans in Python (the same rows, several times the CPU time).
+`optional=True`: where no C compiler is found the package installs without them and
+`otel_workflow.rows` and `otel_workflow.processor` do the same work in Python (the same rows
+and attributes, several times the CPU time).
 """
 
 from setuptools import Extension, setup
 
-setup(
-    ext_modules=[
-        Extension(
-            "otel_workflow._spanrows",
-            sources=["otel_workflow/_spanrows.c"],
-            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
-            optional=True,
-        )
-    ]
-)
+
+def _c_module(name: str) -> Extension:
+    return Extension(
+        f"otel_workflow.{name}",
+        sources=[f"otel_workflow/{name}.c"],
+        extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+        optional=True,
+    )
+
+
+setup(ext_modules=[_c_module("_spanrows"), _c_module("_spanstart")])

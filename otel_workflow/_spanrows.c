@@ -1000,25 +1000,33 @@ static int to_text(PyObject **value) {
     return *value == NULL ? -1 : 0;
 }
 
-static int recognise(PyObject *name, PyObject *attributes, Recognised *r) {
-    int error = 0;
+/* conventions.role_of: sets *step or *execution (or neither). */
+static int role_of(PyObject *name, PyObject *attributes, int *step, int *execution) {
     int prefixed = PyUnicode_Tailmatch(name, config.step_prefix, 0, PY_SSIZE_T_MAX, -1);
     if (prefixed < 0) {
         return -1;
     }
-    int step = prefixed;
+    *step = prefixed;
     PyObject *step_keys[] = {config.step_name, config.cicd_task_run_id, config.cicd_task_name};
-    for (int i = 0; !step && i < 3; i++) {
-        if ((step = PyDict_Contains(attributes, step_keys[i])) < 0) {
+    for (int i = 0; !*step && i < 3; i++) {
+        if ((*step = PyDict_Contains(attributes, step_keys[i])) < 0) {
             return -1;
         }
     }
-    int execution = 0;
-    if (!step) {
-        execution = PyUnicode_Compare(name, config.execution_name) == 0;
-        if (!execution && (execution = PyDict_Contains(attributes, config.cicd_run_id)) < 0) {
+    *execution = 0;
+    if (!*step) {
+        *execution = PyUnicode_Compare(name, config.execution_name) == 0;
+        if (!*execution && (*execution = PyDict_Contains(attributes, config.cicd_run_id)) < 0) {
             return -1;
         }
+    }
+    return 0;
+}
+
+static int recognise(PyObject *name, PyObject *attributes, Recognised *r) {
+    int error = 0, step, execution;
+    if (role_of(name, attributes, &step, &execution) < 0) {
+        return -1;
     }
     r->execution_id = pick(attributes, config.execution_id_keys, &error);
     if (error || to_text(&r->execution_id) < 0) {
@@ -1054,6 +1062,10 @@ static int recognise(PyObject *name, PyObject *attributes, Recognised *r) {
         return -1;
     }
     if (r->step_name == NULL) {
+        int prefixed = PyUnicode_Tailmatch(name, config.step_prefix, 0, PY_SSIZE_T_MAX, -1);
+        if (prefixed < 0) {
+            return -1;
+        }
         if (prefixed) {
             r->step_name =
                 PyUnicode_Substring(name, PyUnicode_GET_LENGTH(config.step_prefix), PY_SSIZE_T_MAX);
@@ -1319,10 +1331,73 @@ done:
     return result;
 }
 
+/*
+ * rows.span_owners: for each finished span, (execution id, whether it is that execution's own span),
+ * or None for a span of a class this module does not read (Python tells). The writer asks this of
+ * every span it accepts, on the exporter's thread.
+ */
+static PyObject *owners(PyObject *module, PyObject *spans) {
+    if (!configured) {
+        PyErr_SetString(PyExc_RuntimeError, "configure() first");
+        return NULL;
+    }
+    if (!PyList_Check(spans)) {
+        PyErr_SetString(PyExc_TypeError, "owners(spans: list)");
+        return NULL;
+    }
+    PyObject *none = PyTuple_Pack(2, Py_None, Py_False);
+    PyObject *result = none == NULL ? NULL : PyList_New(PyList_GET_SIZE(spans));
+    for (Py_ssize_t i = 0; result != NULL && i < PyList_GET_SIZE(spans); i++) {
+        PyObject *span = PyList_GET_ITEM(spans, i);
+        PyObject *item = NULL, *holder = NULL, *attributes = NULL, *execution_id = NULL, *name = NULL;
+        int error = 0, sdk = PySequence_Contains(config.sdk_span_types, (PyObject *)Py_TYPE(span));
+        if (sdk <= 0) {
+            item = sdk < 0 ? NULL : Py_NewRef(Py_None);
+            goto next;
+        }
+        Py_INCREF(span); /* Python code may run below (a str() of a value) */
+        if ((holder = PyObject_GetAttr(span, s_attributes)) == NULL ||
+            (attributes = plain_attributes(holder)) == NULL) {
+            goto span_done;
+        }
+        execution_id = pick(attributes, config.execution_id_keys, &error);
+        if (error || to_text(&execution_id) < 0) {
+            goto span_done;
+        }
+        if (execution_id == NULL) {
+            item = Py_NewRef(none);
+            goto span_done;
+        }
+        if ((name = PyObject_GetAttr(span, s_name)) == NULL) {
+            goto span_done;
+        }
+        int step = 0, execution = 0;
+        if (PyUnicode_Check(name) && role_of(name, attributes, &step, &execution) < 0) {
+            goto span_done;
+        }
+        item = PyTuple_Pack(2, execution_id, execution ? Py_True : Py_False);
+    span_done:
+        Py_XDECREF(name);
+        Py_XDECREF(execution_id);
+        Py_XDECREF(attributes);
+        Py_XDECREF(holder);
+        Py_DECREF(span);
+    next:
+        if (item == NULL) {
+            Py_CLEAR(result);
+            break;
+        }
+        PyList_SET_ITEM(result, i, item);
+    }
+    Py_XDECREF(none);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"configure", (PyCFunction)configure, METH_O, "Set the names, constants and helpers (rows.py)."},
     {"finished", (PyCFunction)(void (*)(void))finished, METH_FASTCALL,
      "Finished SDK spans -> Arrow arrays (spans, events, links) as capsules."},
+    {"owners", (PyCFunction)owners, METH_O, "Finished spans -> (execution id, ends it) or None each."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -90,7 +90,7 @@ def plainly_not_workflow(name: str, attributes: Mapping[str, Any]) -> bool:
     """True when a span is neither execution nor step and names no execution (most spans), by one
     set operation: `role_of` and `execution_id_of` give None for it. False means: ask them."""
     return (
-        _WORKFLOW_MARKERS.isdisjoint(attributes)
+        WORKFLOW_MARKERS.isdisjoint(attributes)
         and not name.startswith(STEP_SPAN_PREFIX)
         and name != EXECUTION_SPAN_NAME
     )
@@ -201,7 +201,7 @@ def _pick(get: Callable[[str], Any], keys: tuple[str, ...]) -> Any:
 
 
 # The keys that can give a span a role or an execution id (see `plainly_not_workflow`).
-_WORKFLOW_MARKERS: Final = frozenset(
+WORKFLOW_MARKERS: Final = frozenset(
     (*EXECUTION_ID_KEYS, STEP_NAME, CICD_TASK_RUN_ID, CICD_TASK_NAME, CICD_RUN_ID)
 )
 WORKFLOW_ID_KEYS: Final = (WORKFLOW_ID, CICD_PIPELINE_NAME)

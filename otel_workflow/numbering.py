@@ -30,6 +30,11 @@ def counter(execution_id: str) -> Iterator[int]:
     return found
 
 
+def next_number(execution_id: str) -> int:
+    """The next step number of the execution."""
+    return next(counter(execution_id))
+
+
 def forget(execution_id: str, only: Iterator[int] | None = None) -> None:
     """Drop the execution's counter (its span ended); with `only`, just when it is still that one."""
     if only is None or _counters.get(execution_id) is only:

@@ -7,16 +7,24 @@ with its current step, while it runs (the span itself is queued; the writer
 builds the row only if the span is still running when it gets to it).
 Per-execution state lives only until the execution span ends, so memory does
 not grow with the number of runs.
+
+The per-span work is done by hooks: in C (`_spanstart.c`) for the SDK's span
+classes where the extension is built, else by `_PythonHooks`, the reference.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, NamedTuple
+from contextvars import ContextVar
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+from opentelemetry.sdk import trace as sdk_trace
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace.propagation import _SPAN_KEY
 from opentelemetry.util.types import AttributeValue
 
 from otel_workflow import conventions as cv
@@ -24,7 +32,17 @@ from otel_workflow import numbering
 from otel_workflow.rows import hex_span_id, span_attributes
 from otel_workflow.store import TraceStore
 
+try:
+    from otel_workflow import _spanstart
+except ImportError:  # built without a C compiler: the Python hooks do the same work
+    _spanstart = None  # type: ignore[assignment]
+
 logger = logging.getLogger("otel_workflow")
+
+# A running execution or step span, by span id -> what its children inherit: (execution id,
+# workflow id, is step). A plain tuple: the C hooks make and read them too.
+_Entry = tuple[str | None, Any, bool]
+_EXECUTION_ID, _IS_STEP = 0, 2
 
 
 class WorkflowSpanProcessor(SpanProcessor):
@@ -38,23 +56,66 @@ class WorkflowSpanProcessor(SpanProcessor):
 
     def __init__(self, store: TraceStore | None = None, *, max_live_executions: int = 100_000) -> None:
         self.store = store
-        self._max_live = max_live_executions
-        # Span id of each execution and step span started here and not ended yet -> what its children
-        # inherit. A child finds its parent by one lookup of its parent's span id, instead of asking
-        # the context for the parent span and recognising it again (the fallback, for other parents).
-        self._live: dict[int, _Parent] = {}
-        self.evicted_executions = 0
+        # Each execution and step span started here and not ended yet. A child finds its parent by one
+        # lookup of its parent's span id, instead of asking the context for the parent span and
+        # recognising it again (the fallback, for other parents).
+        self._live: dict[int, _Entry] = {}
+        submit_running = None if store is None else store.submit_running
+        self._python = _PythonHooks(self._live, max_live_executions, submit_running)
+        self._native = _native_hooks(self._python, max_live_executions, submit_running)
+        if self._native is not None:
+            # Instance attributes in place of the methods: the SDK calls the C functions directly,
+            # with no Python frame in between (each costs about as much as the C work itself).
+            self.on_start = self._native.on_start  # type: ignore[method-assign]
+            self.on_end = self._native.on_end  # type: ignore[method-assign]
+
+    def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
+        self._python.on_start(span, parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self._python.on_end(span)
+
+    @property
+    def native(self) -> bool:
+        """Whether the C hooks do the per-span work (else the Python ones)."""
+        return self._native is not None
+
+    @property
+    def live_executions(self) -> int:
+        """Executions whose span started here and has not ended (the state this processor holds)."""
+        return sum(1 for entry in list(self._live.values()) if not entry[_IS_STEP])
+
+    @property
+    def evicted_executions(self) -> int:
+        """Running executions forgotten to keep within `max_live_executions`."""
+        return self._python.evicted + (0 if self._native is None else self._native.evicted)
+
+    def shutdown(self) -> None:
+        """Nothing to release: the exporter that shares the store closes it."""
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        if self.store is None or self.store.read_only:
+            return True
+        return self.store.flush(timeout_millis / 1000)
+
+
+class _PythonHooks:
+    """on_start and on_end in Python: the reference of the C hooks, and what reads other span classes."""
+
+    def __init__(self, live: dict[int, _Entry], max_live: int, submit_running: Any) -> None:
+        self._live = live
+        self._max_live = max_live
+        self._submit_running = submit_running
+        self.evicted = 0
         self._failed_once = False
 
     def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
         try:
-            self._on_start(span, parent_context)
-        except Exception:  # a tracer must not crash its host
-            if not self._failed_once:
-                self._failed_once = True
-                logger.exception("otel-workflow processor failed on span start; further failures are silent")
+            self._start(span, parent_context)
+        except Exception as exc:  # a tracer must not crash its host
+            self.failed("start", exc)
 
-    def _on_start(self, span: Span, parent_context: otel_context.Context | None) -> None:
+    def _start(self, span: Span, parent_context: otel_context.Context | None) -> None:
         # Plain-dict views: lookups through the SDK's Mapping wrappers cost a lock and an exception each.
         attributes = span_attributes(span)
         name = span.name
@@ -75,19 +136,20 @@ class WorkflowSpanProcessor(SpanProcessor):
             and (execution_id is None or (step and cv.STEP_PARENT_ID not in attributes))
         ):
             found = self._live.get(parent.span_id)
-            if found is None or found.execution_id is None:
+            if found is None or found[_EXECUTION_ID] is None:
                 # Not one of ours that is running, or one that got its execution id after it started.
-                found = _recognised_parent(parent_context)
+                found = recognised_parent(parent_context)
             if found is not None:
-                if execution_id is None and found.execution_id is not None:
-                    execution_id = added[cv.EXECUTION_ID] = found.execution_id
-                    if found.workflow_id is not None and workflow_id is None:
-                        workflow_id = added[cv.WORKFLOW_ID] = found.workflow_id
-                if step and found.is_step and cv.STEP_PARENT_ID not in attributes:
+                found_execution, found_workflow, found_step = found
+                if execution_id is None and found_execution is not None:
+                    execution_id = added[cv.EXECUTION_ID] = found_execution
+                    if found_workflow is not None and workflow_id is None:
+                        workflow_id = added[cv.WORKFLOW_ID] = found_workflow
+                if step and found_step and cv.STEP_PARENT_ID not in attributes:
                     added[cv.STEP_PARENT_ID] = hex_span_id(parent.span_id)
         if step and execution_id is not None and cv.STEP_SEQUENCE not in attributes:
             # A step the tracer did not number (it has its number in its start attributes).
-            added[cv.STEP_SEQUENCE] = next(numbering.counter(execution_id))
+            added[cv.STEP_SEQUENCE] = numbering.next_number(execution_id)
         if added:
             span.set_attributes(added)
         if role is None:
@@ -95,53 +157,88 @@ class WorkflowSpanProcessor(SpanProcessor):
         context = span.context
         if context is not None:
             evicted = numbering.pop_oldest(self._live, self._max_live)
-            if evicted is not None and not evicted.is_step:
-                self.evicted_executions += 1
-            self._live[context.span_id] = _Parent(execution_id, workflow_id, step)
-        if self.store is not None:
+            if evicted is not None and not evicted[_IS_STEP]:
+                self.evicted += 1
+            self._live[context.span_id] = (execution_id, workflow_id, step)
+        if self._submit_running is not None:
             # The live row is built by the writer, and only if the span is still running by then.
-            self.store.submit_running(span, execution_id)
+            self._submit_running(span, execution_id)
 
     def on_end(self, span: ReadableSpan) -> None:
         try:
             context = span.context
             ended = None if context is None else self._live.pop(context.span_id, None)
-            if ended is not None and not ended.is_step and ended.execution_id is not None:
-                numbering.forget(ended.execution_id)
-        except Exception:
-            if not self._failed_once:
-                self._failed_once = True
-                logger.exception("otel-workflow processor failed on span end; further failures are silent")
+            if ended is not None:
+                execution_id, _, step = ended
+                if not step and execution_id is not None:
+                    numbering.forget(execution_id)
+        except Exception as exc:
+            self.failed("end", exc)
 
-    @property
-    def live_executions(self) -> int:
-        """Executions whose span started here and has not ended (the state this processor holds)."""
-        return sum(1 for entry in list(self._live.values()) if not entry.is_step)
-
-    def shutdown(self) -> None:
-        """Nothing to release: the exporter that shares the store closes it."""
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        if self.store is None or self.store.read_only:
-            return True
-        return self.store.flush(timeout_millis / 1000)
+    def failed(self, where: str, exc: BaseException | None) -> None:
+        """A failure of ours in on_start or on_end: logged the first time, counted nowhere else."""
+        if not self._failed_once:
+            self._failed_once = True
+            logger.error(
+                "otel-workflow processor failed on span %s; further failures are silent", where, exc_info=exc
+            )
 
 
-class _Parent(NamedTuple):
-    """What a child span inherits from an execution or step span."""
-
-    execution_id: str | None
-    workflow_id: Any
-    is_step: bool
-
-
-def _recognised_parent(parent_context: otel_context.Context | None) -> _Parent | None:
+def recognised_parent(parent_context: otel_context.Context | None) -> _Entry | None:
     """The parent span of the context, recognised from its attributes now (it is not one of ours that
     is still running: an HTTP span inside a step, a step that already ended)."""
     parent = trace.get_current_span(parent_context)
     if not isinstance(parent, ReadableSpan) or parent.context is None:
         return None
     attributes = span_attributes(parent)
-    return _Parent(
-        cv.execution_id_of(attributes), attributes.get(cv.WORKFLOW_ID), cv.is_step(parent.name, attributes)
+    return cv.execution_id_of(attributes), attributes.get(cv.WORKFLOW_ID), cv.is_step(parent.name, attributes)
+
+
+# The SDK's tracer makes `_Span`s (a subclass of `Span` that only marks them as its own).
+_SDK_SPAN_TYPES: tuple[type, ...] = tuple({Span, getattr(sdk_trace, "_Span", Span)})
+
+
+def _current_context_var() -> ContextVar[otel_context.Context] | None:
+    """The ContextVar that holds the current Context, where OpenTelemetry keeps it in one (its default
+    runtime context); None otherwise (the C hooks then ask `recognised_parent`)."""
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    if type(runtime) is not ContextVarsRuntimeContext:
+        return None
+    found = getattr(runtime, "_current_context", None)
+    return found if isinstance(found, ContextVar) else None
+
+
+def _native_hooks(python: _PythonHooks, max_live: int, submit_running: Any) -> Any:
+    """The C hooks, sharing the Python ones' running-span map; None where the extension is not built."""
+    if _spanstart is None:
+        return None
+    keys = {
+        "markers": cv.WORKFLOW_MARKERS,
+        "execution_id_keys": cv.EXECUTION_ID_KEYS,
+        "step_prefix": cv.STEP_SPAN_PREFIX,
+        "execution_name": cv.EXECUTION_SPAN_NAME,
+        "workflow_id": cv.WORKFLOW_ID,
+        "execution_id": cv.EXECUTION_ID,
+        "step_name": cv.STEP_NAME,
+        "task_run_id": cv.CICD_TASK_RUN_ID,
+        "task_name": cv.CICD_TASK_NAME,
+        "run_id": cv.CICD_RUN_ID,
+        "step_parent_id": cv.STEP_PARENT_ID,
+        "step_sequence": cv.STEP_SEQUENCE,
+    }
+    return _spanstart.Hooks(
+        live=python._live,
+        max_live=max_live,
+        span_types=_SDK_SPAN_TYPES,
+        readable_type=ReadableSpan,
+        bounded_type=BoundedAttributes,
+        span_key=_SPAN_KEY,
+        current_context=_current_context_var(),
+        keys=keys,
+        fallback=python,
+        number_step=numbering.next_number,
+        forget=numbering.forget,
+        submit_running=submit_running,
+        recognised_parent=recognised_parent,
+        failed=python.failed,
     )

@@ -424,6 +424,33 @@ def _admit(kind: object) -> bool:
     return False
 
 
+def owner_of(span: ReadableSpan) -> tuple[str | None, bool]:
+    """The execution a finished span belongs to, and whether it is that execution's own span."""
+    try:
+        attributes = span_attributes(span)
+        execution_id = cv.execution_id_of(attributes)
+        if execution_id is None:
+            return None, False
+        return execution_id, cv.role_of(span.name, attributes) == cv.ROLE_EXECUTION
+    except Exception:  # a malformed span belongs to no execution; the store rejects it later
+        return None, False
+
+
+def span_owners(spans: Sequence[ReadableSpan]) -> list[tuple[str | None, bool]]:
+    """`owner_of` each span: in C where it reads the span's class (the writer asks it of every span)."""
+    listed = spans if type(spans) is list else list(spans)
+    if _spanrows is not None:
+        try:
+            found = _spanrows.owners(listed)
+        except Exception:  # an odd value: Python tells, span by span
+            pass
+        else:
+            return [
+                owner_of(span) if owner is None else owner for span, owner in zip(listed, found, strict=True)
+            ]
+    return [owner_of(span) for span in listed]
+
+
 class _ExportedBatch:
     """A record batch made in C, in the Arrow PyCapsule interface, for `pa.record_batch`."""
 

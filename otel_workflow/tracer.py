@@ -234,8 +234,7 @@ class ExecutionScope(_SpanScope[Execution]):
         )
         if capture and self._trigger_data is not None:
             _record(span, EXECUTION_INPUT_EVENT, self._trigger_data)
-        # The processor (if any) made the counter when the span started; its steps and the ones the
-        # processor numbers share it.
+        # The execution's step counter: its steps and the ones the processor numbers share it.
         handle = Execution(span, execution_id, tracer.workflow_id, numbering.counter(execution_id))
         if capture_context is not None:
             self._capture_contexts[id(handle)] = capture_context

@@ -55,7 +55,7 @@ from typing import Any, Final, Protocol
 from opentelemetry import metrics
 from opentelemetry.sdk.trace import ReadableSpan
 
-from otel_workflow import conventions as cv
+from otel_workflow.rows import span_owners
 
 logger = logging.getLogger("otel_workflow")
 
@@ -206,28 +206,6 @@ class _Queue:
         return len(self.spans) + len(self.running)
 
 
-def _owner(span: ReadableSpan) -> tuple[str | None, bool]:
-    """The execution a finished span belongs to, and whether it is that execution's own span."""
-    try:
-        attributes: Any = getattr(span, "_attributes", None)
-        attributes = getattr(attributes, "_dict", attributes)
-        if attributes is None or not hasattr(attributes, "get"):
-            attributes = span.attributes
-        if not attributes:
-            return None, False
-        for key in cv.EXECUTION_ID_KEYS:
-            value = attributes.get(key)
-            if value is not None and value != "":
-                name = span.name
-                ends = (name == cv.EXECUTION_SPAN_NAME or cv.CICD_RUN_ID in attributes) and not cv.is_step(
-                    name, attributes
-                )
-                return str(value), ends
-    except Exception:  # a malformed span belongs to no execution; the store rejects it later
-        return None, False
-    return None, False
-
-
 def _remember(keys: dict[str, None], key: str) -> None:
     if key not in keys:
         keys[key] = None
@@ -346,7 +324,7 @@ class BackgroundWriter:
         """Queue finished spans; False if any had to be dropped (counted)."""
         if not spans:
             return True
-        owners = [_owner(span) for span in spans]  # outside the lock: producers never wait for this
+        owners = span_owners(spans)  # outside the lock: producers never wait for this
         dropped = whole = incomplete = evicted = 0
         with self._condition:
             self._collect_started()
@@ -711,7 +689,7 @@ class BackgroundWriter:
     def _failed(self, spans: Iterable[ReadableSpan], forget: list[str]) -> None:
         """With the lock held: a batch was lost; the rest of its executions is dropped too (kept whole)."""
         self._forget = forget + self._forget
-        for execution_id, ends in {_owner(span) for span in spans}:
+        for execution_id, ends in set(span_owners(list(spans))):
             if execution_id is None:
                 continue
             self._partial.pop(execution_id, None)

@@ -20,14 +20,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from otel_workflow import conventions as cv
-from otel_workflow.rows import SpanBatch, SpanConverter, running_rows
+from otel_workflow import rows
+from otel_workflow.rows import SpanBatch, SpanConverter, owner_of, running_rows
 
 pytestmark = pytest.mark.skipif(
     not SpanConverter().native and not os.environ.get("OTEL_WORKFLOW_REQUIRE_NATIVE"),
@@ -45,7 +46,17 @@ def both(spans: list[ReadableSpan]) -> tuple[SpanBatch | BaseException, SpanBatc
     return results[0], results[1]
 
 
+def assert_same_owners(spans: list[ReadableSpan]) -> None:
+    """The writer's owner of each span (execution id, is its own span): C and Python agree."""
+    assert rows._spanrows is not None
+    native = rows._spanrows.owners(spans)
+    # The SDK's own classes are read in C; others are left to Python (None).
+    assert [owner is None for owner in native] == [type(span) not in (ReadableSpan, Span) for span in spans]
+    assert rows.span_owners(spans) == [owner_of(span) for span in spans]
+
+
 def assert_same_rows(spans: list[ReadableSpan]) -> SpanBatch:
+    assert_same_owners(spans)
     native, python = both(spans)
     assert not isinstance(python, BaseException), python
     assert not isinstance(native, BaseException), native
@@ -234,6 +245,7 @@ def hand_made_spans(draw: st.DrawFn) -> ReadableSpan:
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spans=st.lists(hand_made_spans(), min_size=1, max_size=4))
 def test_odd_values_give_the_same_rows(spans: list[ReadableSpan]) -> None:
+    assert_same_owners(spans)
     native, python = both(spans)
     if isinstance(python, BaseException):
         # The reference refuses them (the store then isolates and counts the span): so does the C path,

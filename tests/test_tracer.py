@@ -4,24 +4,49 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import random
 import re
 import subprocess
 import sys
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import CONFIG_VERSION, SERVICE_NAME, WORKFLOW_ID, Traced
 from opentelemetry import trace as otel_trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import Span, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import format_span_id, format_trace_id
+from opentelemetry.trace import SpanContext, format_span_id, format_trace_id
 
-from otel_workflow import Execution, Step, WorkflowSpanProcessor, WorkflowTracer, capture_io, numbering
+from otel_workflow import (
+    Execution,
+    Step,
+    TraceStore,
+    WorkflowSpanProcessor,
+    WorkflowTracer,
+    capture_io,
+    numbering,
+    processor,
+)
 from otel_workflow.tracer import new_execution_id
+
+
+@pytest.fixture(autouse=True, params=["c-hooks", "python-hooks"])
+def hooks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs with the processor's C hooks and again with the Python ones (the reference)."""
+    if request.param == "python-hooks":
+        monkeypatch.setattr(processor, "_spanstart", None)
+    elif processor._spanstart is None:
+        if os.environ.get("OTEL_WORKFLOW_REQUIRE_NATIVE"):
+            pytest.fail("the C hooks (otel_workflow._spanstart) were not built")
+        pytest.skip("the C hooks (otel_workflow._spanstart) were not built")
+    return str(request.param)
+
 
 EXEC_COLUMNS = (
     "id, workflow_id, trigger_type, status, triggered_by, started_at, completed_at, duration_ms, "
@@ -679,3 +704,51 @@ def test_state_for_executions_that_never_end_is_bounded(monkeypatch: pytest.Monk
     assert processor.live_executions == 0
     assert numbering.live_count() <= counters_before + 5
     provider.shutdown()
+
+
+def test_the_processor_uses_the_hooks_asked_for(hooks: str) -> None:
+    assert WorkflowSpanProcessor().native == (hooks == "c-hooks")
+
+
+def test_a_span_class_the_c_hooks_do_not_read_is_still_processed() -> None:
+    class OwnSpan(Span):  # another class, fields the hooks cannot assume: the Python hooks take it
+        pass
+
+    enriching = WorkflowSpanProcessor()
+    provider = TracerProvider(shutdown_on_exit=False)
+    tracer = provider.get_tracer("t")
+    execution = tracer.start_span("workflow.execute", attributes={"workflow.execution.id": "e1"})
+    enriching.on_start(execution, parent_context=None)
+    step = OwnSpan(
+        "workflow.step.own",
+        context=SpanContext(execution.context.trace_id, 77, is_remote=False),
+        parent=execution.context,
+        attributes={"workflow.step.name": "own"},
+    )
+    step.start()
+    enriching.on_start(step, parent_context=otel_trace.set_span_in_context(execution))
+    assert step.attributes["workflow.execution.id"] == "e1"
+    assert step.attributes["workflow.step.sequence"] == 1
+    enriching.on_end(step)
+    execution.end()
+    enriching.on_end(execution)
+    assert enriching.live_executions == 0
+
+
+def test_a_failing_processor_never_reaches_the_application_and_says_so_once(
+    db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    TraceStore(db_path).close()
+    read_only = TraceStore(db_path, read_only=True)  # queueing a live row raises in this store
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(WorkflowSpanProcessor(read_only))
+    wf = WorkflowTracer("orders", tracer_provider=provider)
+    with caplog.at_level(logging.ERROR, logger="otel_workflow"):
+        for _ in range(3):
+            with wf.execution(), wf.step("s"):
+                pass
+    provider.shutdown()
+    read_only.close()
+    failures = [r for r in caplog.records if "processor failed on span start" in r.getMessage()]
+    assert len(failures) == 1
+    assert failures[0].exc_info is not None and "read-only" in str(failures[0].exc_info[1])
