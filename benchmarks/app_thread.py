@@ -29,7 +29,9 @@ Two workloads: plain spans with 2 attributes, and executions of 10 steps (Workfl
 The ratios printed are against `bsp-noop` (target: ours <= 1.10x) and against `bsp-otlp` (target:
 ours < 1.0x). A second table gives the CPU time per span spent outside the application threads
 (process CPU time of the run and the shutdown that flushes it, minus the application threads' own):
-the background work each setup does, which is what competes with the application.
+the background work each setup does, which is what competes with the application. A third gives
+the time per span the garbage collector stopped every thread during the run (`gc.callbacks`): span
+objects a setup keeps alive make its collections longer, and they run on the application thread.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ import time
 from collections.abc import Callable, Sequence
 from importlib.metadata import version
 from pathlib import Path
+from typing import NamedTuple
 
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -71,6 +74,27 @@ server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
 print(server.server_address[1], flush=True)
 server.serve_forever()
 """
+
+
+class GcPauses:
+    """Wall time spent in garbage collections while it is installed (`gc.callbacks`), in seconds."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.total += time.perf_counter() - self._started
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self)
 
 
 class NoopExporter(SpanExporter):
@@ -165,8 +189,9 @@ def run_once(
     folder: Path,
     otlp: str,
     busy_us: float = 15.0,
-) -> tuple[float, float]:
-    """Microseconds per span of application-thread wall time, and of CPU time outside those threads."""
+) -> tuple[float, float, float]:
+    """Microseconds per span: application-thread wall time, CPU time outside those threads, and
+    garbage-collection pauses during the run."""
     provider, store = make_provider(setup, folder, otlp, spans, busy_us)
     per_thread = spans // threads
     app_cpu: list[float] = []
@@ -179,18 +204,19 @@ def run_once(
     workers = [threading.Thread(target=timed) for _ in range(threads)]
     gc.collect()
     process_cpu = time.process_time()
-    start = time.perf_counter()
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    elapsed = time.perf_counter() - start
+    with GcPauses() as pauses:
+        start = time.perf_counter()
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        elapsed = time.perf_counter() - start
     provider.shutdown()
     background = time.process_time() - process_cpu - sum(app_cpu)
     if store is not None and store.dropped_spans:
         print(f"  ({setup}: {store.dropped_spans:,} spans dropped; the figure is not comparable)")
     made = per_thread * threads
-    return elapsed / made * 1e6, background / made * 1e6
+    return elapsed / made * 1e6, background / made * 1e6, pauses.total / made * 1e6
 
 
 def main() -> None:
@@ -210,16 +236,17 @@ def main() -> None:
         f"median of {args.repeat}"
     )
     receiver, endpoint = start_receiver()
-    rows: list[tuple[str, int, dict[str, float], dict[str, float]]] = []
+    rows: list[Row] = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for name, workload in (("plain spans", plain_spans), ("executions x10 steps", executions)):
                 for threads in (1, 8):
                     wall: dict[str, list[float]] = {s: [] for s in SETUPS}
                     background: dict[str, list[float]] = {s: [] for s in SETUPS}
+                    collecting: dict[str, list[float]] = {s: [] for s in SETUPS}
                     for rep in range(args.repeat):
                         for setup in SETUPS[rep % len(SETUPS) :] + SETUPS[: rep % len(SETUPS)]:
-                            per_span, behind = run_once(
+                            per_span, behind, paused = run_once(
                                 setup,
                                 workload,
                                 spans=args.spans,
@@ -230,22 +257,39 @@ def main() -> None:
                             )
                             wall[setup].append(per_span)
                             background[setup].append(behind)
+                            collecting[setup].append(paused)
                     rows.append(
-                        (
+                        Row(
                             name,
                             threads,
                             {s: statistics.median(v) for s, v in wall.items()},
                             {s: statistics.median(v) for s, v in background.items()},
+                            {s: statistics.median(v) for s, v in collecting.items()},
                         )
                     )
-                    print_row(*rows[-1][:3])
+                    print_row(name, threads, rows[-1].wall)
     finally:
         receiver.terminate()
         receiver.wait()
-    print("\nCPU per span outside the application threads (background work):")
-    print(f"{'workload':<22}{'threads':>8}" + "".join(f"{s:>16}" for s in SETUPS))
-    for name, threads, _, outside in rows:
-        print(f"{name:<22}{threads:>8}" + "".join(f"{outside[s]:>13.1f} us" for s in SETUPS))
+    for title, column in (
+        ("CPU per span outside the application threads (background work)", "background"),
+        ("garbage-collection pauses per span during the run (all threads wait)", "collecting"),
+    ):
+        print(f"\n{title}:")
+        print(f"{'workload':<22}{'threads':>8}" + "".join(f"{s:>16}" for s in SETUPS))
+        for row in rows:
+            figures = getattr(row, column)
+            print(f"{row.name:<22}{row.threads:>8}" + "".join(f"{figures[s]:>13.1f} us" for s in SETUPS))
+
+
+class Row(NamedTuple):
+    """Medians per setup of one workload and thread count, in microseconds per span."""
+
+    name: str
+    threads: int
+    wall: dict[str, float]
+    background: dict[str, float]
+    collecting: dict[str, float]
 
 
 def print_row(name: str, threads: int, med: dict[str, float]) -> None:
