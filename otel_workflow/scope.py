@@ -3,7 +3,10 @@
 Open entries are kept in a context variable, not on the object, so one scope
 object entered by overlapping asyncio tasks or threads (a shared decorator, or
 `validate = wf.step("validate")` used in several tasks) closes each task's own
-entry. A decorated function gets a fresh scope per call.
+entry. A decorated function gets a fresh scope per call. Closing an entry resets
+the variable to what it was before the entry (a context keeps every variable
+ever set in it: a scope object per execution would otherwise stay in the
+thread's context for good).
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 Closer = Callable[[BaseException | None], None]
+# An open entry: its closer, and the token that resets the variable to before the entry.
+_Entry = tuple[Closer, contextvars.Token[Any]]
 
 
 class ReusableScope(Generic[T]):
     """Subclasses say how to open one entry (`_open_entry`) and how to make a fresh scope (`_fresh`)."""
 
     def __init__(self) -> None:
-        self._entries: contextvars.ContextVar[tuple[Closer, ...]] = contextvars.ContextVar(
+        self._entries: contextvars.ContextVar[tuple[_Entry, ...]] = contextvars.ContextVar(
             "otel_workflow_scope_entries", default=()
         )
 
@@ -39,7 +44,10 @@ class ReusableScope(Generic[T]):
 
     def __enter__(self) -> T:
         value, close = self._open_entry()
-        self._entries.set((*self._entries.get(), close))
+        entries = self._entries
+        before = entries.get()
+        token = entries.set(before)  # only for its memory of the state before this entry
+        entries.set((*before, (close, token)))
         return value
 
     def __exit__(
@@ -49,8 +57,9 @@ class ReusableScope(Generic[T]):
         tb: TracebackType | None,
     ) -> None:
         entries = self._entries.get()
-        self._entries.set(entries[:-1])
-        entries[-1](exc)
+        close, token = entries[-1]
+        self._entries.reset(token)
+        close(exc)
 
     async def __aenter__(self) -> T:
         return self.__enter__()

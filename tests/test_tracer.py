@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import os
@@ -752,3 +753,19 @@ def test_a_failing_processor_never_reaches_the_application_and_says_so_once(
     failures = [r for r in caplog.records if "processor failed on span start" in r.getMessage()]
     assert len(failures) == 1
     assert failures[0].exc_info is not None and "read-only" in str(failures[0].exc_info[1])
+
+
+def test_closed_scopes_leave_nothing_in_the_context(traced: Traced) -> None:
+    # A context keeps every variable set in it: scopes that left theirs behind made a long-running
+    # service's memory (and every context switch) grow with the number of runs.
+    wf = traced.wf
+
+    def runs(count: int) -> None:
+        for _ in range(count):
+            with wf.execution(), wf.step("a"), wf.step("b"):
+                pass
+
+    runs(3)
+    held = len(contextvars.copy_context())
+    runs(50)
+    assert len(contextvars.copy_context()) == held
