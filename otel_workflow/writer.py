@@ -267,11 +267,12 @@ class BackgroundWriter:
         # Held around "still wanted? then COMMIT", so that close() cannot give up on a batch mid-commit.
         self._commit_lock = threading.Lock()
         self._queue = _Queue()
-        # Spans that started, for live rows: the application threads append here under a lock of their
-        # own, so that they never wait for the condition's lock (held by a BatchSpanProcessor's submit of
-        # 512 spans, or by the writer); `_collect_started` moves them into `_queue`.
+        # Spans that started, for live rows. The application threads append here without any lock
+        # (list.append is atomic), so they never wait for the condition's lock (held by a
+        # BatchSpanProcessor's submit of 512 spans, or by the writer); `_collect_started` moves them
+        # into `_queue`, taking them from this list in place: a list swapped for a new one could get an
+        # append from a thread that read it before the swap, where nobody looks again.
         self._started: list[ReadableSpan] = []
-        self._started_lock = threading.Lock()
         self._in_flight: _Queue | None = None
         self._in_flight_committed = False
         self._submitted = 0
@@ -312,9 +313,9 @@ class BackgroundWriter:
 
     def _collect_started(self) -> None:
         """With the condition's lock held: move the started spans into the queue (counted as submitted)."""
-        with self._started_lock:
-            started, self._started = self._started, []
+        started = self._started[:]
         if started:
+            del self._started[: len(started)]  # what was appended since stays for the next time
             self._queue.running.extend(started)
             self._submitted += len(started)
 
@@ -394,10 +395,9 @@ class BackgroundWriter:
         ):
             self.drops.add_live_rows(1)
             return False
-        with self._started_lock:
-            self._started.append(span)
-            first = len(self._started) == 1
-        if first:
+        started = self._started
+        started.append(span)
+        if len(started) == 1:
             with self._condition:
                 if not self._running and not self._parked:
                     self._start_thread()
