@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "_pick.h"
+
 /* ---- Arrow C data interface (https://arrow.apache.org/docs/format/CDataInterface.html) ---- */
 
 struct ArrowArray {
@@ -658,27 +660,6 @@ static int context_ids(PyObject *context, PyObject **trace_id, PyObject **span_i
     *trace_id = PyTuple_GET_ITEM(context, 0);
     *span_id = PyTuple_GET_ITEM(context, 1);
     return 0;
-}
-
-/* conventions._pick: the first key with a value that is not None and not "" (a new reference, or NULL). */
-static PyObject *pick(PyObject *attributes, PyObject *keys, int *error) {
-    Py_ssize_t n = PyTuple_GET_SIZE(keys);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *value = PyDict_GetItemWithError(attributes, PyTuple_GET_ITEM(keys, i));
-        if (value == NULL) {
-            if (PyErr_Occurred()) {
-                *error = 1;
-                return NULL;
-            }
-            continue;
-        }
-        if (value == Py_None || (PyUnicode_Check(value) && PyUnicode_GET_LENGTH(value) == 0)) {
-            continue;
-        }
-        Py_INCREF(value);
-        return value;
-    }
-    return NULL;
 }
 
 /* ---- the spans table ---- */

@@ -15,6 +15,8 @@
 #include <Python.h>
 #include <structmember.h>
 
+#include "_pick.h"
+
 static PyObject *s_name, *s_attributes, *s_parent, *s_context, *s_inner_dict, *s_public_context,
     *s_set_attributes, *s_hex_format;
 
@@ -60,8 +62,6 @@ static PyObject *attribute_dict(Hooks *h, PyObject *holder) {
     return inner;
 }
 
-static int contains(PyObject *dict, PyObject *key) { return PyDict_Contains(dict, key); }
-
 /* Whether `object` is exactly of one of the SDK's span classes (a subclass may keep its fields
  * elsewhere: the fallback reads it through the public interface). */
 static int sdk_span(Hooks *h, PyObject *object) {
@@ -99,23 +99,15 @@ static int starts_with(PyObject *text, PyObject *prefix) {
     return PyUnicode_Tailmatch(text, prefix, 0, PY_SSIZE_T_MAX, -1) == 1;
 }
 
-/* conventions.execution_id_of: the first recognised key with a value (not None, not ""), as str. */
+/* conventions.execution_id_of: the first recognised key with a value, as str; None without one. */
 static PyObject *execution_id_of(Hooks *h, PyObject *attributes) {
-    Py_ssize_t n = PyTuple_GET_SIZE(h->execution_id_keys);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *value = PyDict_GetItemWithError(attributes, PyTuple_GET_ITEM(h->execution_id_keys, i));
-        if (value == NULL) {
-            if (PyErr_Occurred()) {
-                return NULL;
-            }
-            continue;
-        }
-        if (value == Py_None || (PyUnicode_Check(value) && PyUnicode_GET_LENGTH(value) == 0)) {
-            continue;
-        }
-        return PyObject_Str(value);
+    int error = 0;
+    PyObject *value = pick(attributes, h->execution_id_keys, &error);
+    if (value == NULL) {
+        return error ? NULL : Py_NewRef(Py_None);
     }
-    Py_RETURN_NONE;
+    Py_SETREF(value, PyObject_Str(value));
+    return value;
 }
 
 static int is_step(Hooks *h, PyObject *name, PyObject *attributes) {
@@ -124,7 +116,7 @@ static int is_step(Hooks *h, PyObject *name, PyObject *attributes) {
     }
     PyObject *keys[] = {h->step_name_key, h->task_run_id_key, h->task_name_key};
     for (size_t i = 0; i < 3; i++) {
-        int found = contains(attributes, keys[i]);
+        int found = PyDict_Contains(attributes, keys[i]);
         if (found != 0) {
             return found;
         }
@@ -287,7 +279,7 @@ static int start(Hooks *h, PyObject *span, PyObject *parent_context) {
     int execution = 0;
     if (own && !step) {
         execution = execution_name;
-        if (!execution && (execution = contains(attributes, h->run_id_key)) < 0) {
+        if (!execution && (execution = PyDict_Contains(attributes, h->run_id_key)) < 0) {
             goto out;
         }
     }
@@ -302,7 +294,7 @@ static int start(Hooks *h, PyObject *span, PyObject *parent_context) {
         workflow_id = Py_None;
     }
     Py_INCREF(workflow_id);
-    int has_parent_id = step ? contains(attributes, h->step_parent_key) : 1;
+    int has_parent_id = step ? PyDict_Contains(attributes, h->step_parent_key) : 1;
     if (has_parent_id < 0) {
         goto out;
     }
@@ -348,7 +340,7 @@ static int start(Hooks *h, PyObject *span, PyObject *parent_context) {
         }
     }
     if (step && execution_id != Py_None) {
-        int numbered = contains(attributes, h->step_sequence_key);
+        int numbered = PyDict_Contains(attributes, h->step_sequence_key);
         if (numbered < 0) {
             goto out;
         }
