@@ -15,6 +15,7 @@ classes where the extension is built, else by `_PythonHooks`, the reference.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
@@ -43,6 +44,8 @@ logger = logging.getLogger("otel_workflow")
 # workflow id, is step). A plain tuple: the C hooks make and read them too.
 _Entry = tuple[str | None, Any, bool]
 _EXECUTION_ID, _IS_STEP = 0, 2
+# `TraceStore.submit_running`: queues a started span for its live row.
+SubmitRunning = Callable[[ReadableSpan, "str | None"], bool]
 
 
 class WorkflowSpanProcessor(SpanProcessor):
@@ -102,7 +105,7 @@ class WorkflowSpanProcessor(SpanProcessor):
 class _PythonHooks:
     """on_start and on_end in Python: the reference of the C hooks, and what reads other span classes."""
 
-    def __init__(self, live: dict[int, _Entry], max_live: int, submit_running: Any) -> None:
+    def __init__(self, live: dict[int, _Entry], max_live: int, submit_running: SubmitRunning | None) -> None:
         self._live = live
         self._max_live = max_live
         self._submit_running = submit_running
@@ -176,7 +179,7 @@ class _PythonHooks:
             self.failed("end", exc)
 
     def failed(self, where: str, exc: BaseException | None) -> None:
-        """A failure of ours in on_start or on_end: logged the first time, counted nowhere else."""
+        """A failure of ours in on_start or on_end (of either hooks): logged the first time only."""
         if not self._failed_once:
             self._failed_once = True
             logger.error(
@@ -208,7 +211,9 @@ def _current_context_var() -> ContextVar[otel_context.Context] | None:
     return found if isinstance(found, ContextVar) else None
 
 
-def _native_hooks(python: _PythonHooks, max_live: int, submit_running: Any) -> Any:
+def _native_hooks(
+    python: _PythonHooks, max_live: int, submit_running: SubmitRunning | None
+) -> _spanstart.Hooks | None:
     """The C hooks, sharing the Python ones' running-span map; None where the extension is not built."""
     if _spanstart is None:
         return None
