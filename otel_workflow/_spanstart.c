@@ -6,7 +6,7 @@
  * in all (README "Performance"). `processor._PythonHooks` is the reference: this type makes the same
  * decisions (tests/test_tracer.py runs the processor tests on both), and hands a span it does not
  * read (another class, odd attribute storage) to it whole. Rare work (numbering a step the tracer
- * did not number, setting attributes, queueing a live row) calls back into Python.
+ * did not number, setting attributes, waking the writer for a live row) calls back into Python.
  *
  * The running-span map is shared with Python: span id (int) -> (execution id | None, workflow id |
  * None, is_step: bool).
@@ -18,7 +18,7 @@
 #include "_pick.h"
 
 static PyObject *s_name, *s_attributes, *s_parent, *s_context, *s_inner_dict, *s_public_context,
-    *s_set_attributes, *s_hex_format;
+    *s_set_attributes, *s_hex_format, *s_open, *s_spans, *s_limit, *s_refused, *s_dropped, *s_wake;
 
 typedef struct {
     PyObject_HEAD
@@ -38,7 +38,7 @@ typedef struct {
     PyObject *fallback;       /* processor._PythonHooks sharing `live`: spans this type does not read */
     PyObject *number_step;    /* execution id -> the next step number */
     PyObject *forget;         /* execution id -> None: its step counter goes */
-    PyObject *submit_running; /* (span, execution id) -> queue the live row; or None */
+    PyObject *live_rows;      /* writer.LiveRowGate where started spans wait for live rows; or None */
     PyObject *recognised_parent; /* parent_context -> entry or None, where this type cannot tell */
     PyObject *failed;         /* (where, exception) -> None: logs once */
 } Hooks;
@@ -235,6 +235,54 @@ static int make_room(Hooks *h) {
     return PyDict_DelItem(h->live, key);
 }
 
+/* writer.LiveRowGate.submit, reading the gate's fields: no Python code runs unless the span is the
+ * first to wait (wake the writer) or is turned away (count it). */
+static int queue_live_row(Hooks *h, PyObject *span, PyObject *execution_id) {
+    PyObject *gate = h->live_rows, *spans = NULL, *refused = NULL, *limit = NULL, *open = NULL;
+    int result = -1, accepted = 0;
+    if ((open = PyObject_GetAttr(gate, s_open)) == NULL || (spans = PyObject_GetAttr(gate, s_spans)) == NULL ||
+        (limit = PyObject_GetAttr(gate, s_limit)) == NULL ||
+        (refused = PyObject_GetAttr(gate, s_refused)) == NULL) {
+        goto done;
+    }
+    if (!PyList_Check(spans) || !PyDict_Check(refused)) {
+        PyErr_SetString(PyExc_TypeError, "a live-row gate holds a list of spans and a dict of refused ids");
+        goto done;
+    }
+    Py_ssize_t room = PyLong_AsSsize_t(limit);
+    if (room == -1 && PyErr_Occurred()) {
+        goto done;
+    }
+    int is_open = PyObject_IsTrue(open);
+    int is_refused = execution_id == Py_None ? 0 : PyDict_Contains(refused, execution_id);
+    if (is_open < 0 || is_refused < 0) {
+        goto done;
+    }
+    if (is_open && !is_refused && PyList_GET_SIZE(spans) < room) {
+        if (PyList_Append(spans, span) < 0) {
+            goto done;
+        }
+        accepted = 1;
+    }
+    PyObject *called = NULL;
+    if (!accepted) {
+        called = PyObject_CallMethodNoArgs(gate, s_dropped);
+    } else if (PyList_GET_SIZE(spans) == 1) {
+        called = PyObject_CallMethodNoArgs(gate, s_wake);
+    } else {
+        result = 0;
+        goto done;
+    }
+    result = called == NULL ? -1 : 0;
+    Py_XDECREF(called);
+done:
+    Py_XDECREF(open);
+    Py_XDECREF(limit);
+    Py_XDECREF(refused);
+    Py_XDECREF(spans);
+    return result;
+}
+
 /* Returns 1 when done, 0 when the span is not one this type reads (the fallback takes it), -1 on error. */
 static int start(Hooks *h, PyObject *span, PyObject *parent_context) {
     if (!sdk_span(h, span)) {
@@ -380,13 +428,9 @@ static int start(Hooks *h, PyObject *span, PyObject *parent_context) {
             goto out;
         }
     }
-    if (h->submit_running != Py_None) {
-        /* The live row is built by the writer, and only if the span is still running by then. */
-        PyObject *ok = PyObject_CallFunctionObjArgs(h->submit_running, span, execution_id, NULL);
-        if (ok == NULL) {
-            goto out;
-        }
-        Py_DECREF(ok);
+    /* The live row is built by the writer, and only if the span is still running by then. */
+    if (h->live_rows != Py_None && queue_live_row(h, span, execution_id) < 0) {
+        goto out;
     }
     done = 1;
 out:
@@ -496,7 +540,7 @@ static PyObject *on_end(Hooks *h, PyObject *span) {
     X(live) X(span_types) X(readable_type) X(bounded_type) X(span_key) X(current_context) X(markers) X(marker_list)             \
     X(execution_id_keys) X(step_prefix) X(execution_name) X(workflow_id_key) X(execution_id_key)   \
     X(step_name_key) X(task_run_id_key) X(task_name_key) X(run_id_key) X(step_parent_key)          \
-    X(step_sequence_key) X(fallback) X(number_step) X(forget) X(submit_running)                    \
+    X(step_sequence_key) X(fallback) X(number_step) X(forget) X(live_rows)                    \
     X(recognised_parent) X(failed)
 
 static int traverse(Hooks *h, visitproc visit, void *arg) {
@@ -537,15 +581,15 @@ static int key_text(PyObject *keys, const char *name, PyObject **slot) {
 static int init(Hooks *h, PyObject *args, PyObject *kwargs) {
     static char *names[] = {"live",       "max_live",       "span_types",        "readable_type",
                             "bounded_type", "span_key",     "current_context",   "keys",
-                            "fallback",   "number_step",    "forget",            "submit_running",
+                            "fallback",   "number_step",    "forget",            "live_rows",
                             "recognised_parent", "failed",  NULL};
     PyObject *live, *span_types, *readable_type, *bounded_type, *span_key, *current_context, *keys, *fallback,
-        *number_step, *forget, *submit_running, *recognised, *failed;
+        *number_step, *forget, *live_rows, *recognised, *failed;
     Py_ssize_t max_live;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!nO!OOOOOOOOOOO", names, &PyDict_Type, &live, &max_live,
                                      &PyTuple_Type, &span_types, &readable_type, &bounded_type, &span_key,
                                      &current_context, &keys, &fallback, &number_step, &forget,
-                                     &submit_running, &recognised, &failed)) {
+                                     &live_rows, &recognised, &failed)) {
         return -1;
     }
     if (current_context != Py_None && !PyContextVar_CheckExact(current_context)) {
@@ -561,9 +605,9 @@ static int init(Hooks *h, PyObject *args, PyObject *kwargs) {
     h->evicted = 0;
     PyObject **fields[] = {&h->live,     &h->span_types, &h->readable_type, &h->bounded_type,
                            &h->span_key, &h->current_context, &h->fallback, &h->number_step,
-                           &h->forget,   &h->submit_running, &h->recognised_parent, &h->failed};
+                           &h->forget,   &h->live_rows, &h->recognised_parent, &h->failed};
     PyObject *values[] = {live,     span_types,  readable_type, bounded_type, span_key, current_context,
-                          fallback, number_step, forget,        submit_running, recognised, failed};
+                          fallback, number_step, forget,        live_rows, recognised, failed};
     for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
         *fields[i] = Py_NewRef(values[i]);
     }
@@ -643,6 +687,12 @@ PyMODINIT_FUNC PyInit__spanstart(void) {
     INTERN(s_public_context, "context");
     INTERN(s_set_attributes, "set_attributes");
     INTERN(s_hex_format, "016x");
+    INTERN(s_open, "open");
+    INTERN(s_spans, "spans");
+    INTERN(s_limit, "limit");
+    INTERN(s_refused, "refused");
+    INTERN(s_dropped, "dropped");
+    INTERN(s_wake, "wake");
 #undef INTERN
     if (PyType_Ready(&HooksType) < 0) {
         return NULL;

@@ -19,7 +19,7 @@ class Hooks:
         fallback: Any,
         number_step: Callable[[str], int],
         forget: Callable[[str], None],
-        submit_running: Callable[[Any, str | None], object] | None,
+        live_rows: Any,
         recognised_parent: Callable[[Any], tuple[str | None, Any, bool] | None],
         failed: Callable[[str, BaseException | None], None],
     ) -> None: ...

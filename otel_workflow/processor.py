@@ -15,7 +15,6 @@ classes where the extension is built, else by `_PythonHooks`, the reference.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
@@ -31,7 +30,8 @@ from opentelemetry.util.types import AttributeValue
 from otel_workflow import conventions as cv
 from otel_workflow import numbering
 from otel_workflow.rows import hex_span_id, span_attributes
-from otel_workflow.store import TraceStore
+from otel_workflow.store import StoreError, TraceStore
+from otel_workflow.writer import LiveRowGate
 
 try:
     from otel_workflow import _spanstart
@@ -44,14 +44,13 @@ logger = logging.getLogger("otel_workflow")
 # workflow id, is step). A plain tuple: the C hooks make and read them too.
 _Entry = tuple[str | None, Any, bool]
 _EXECUTION_ID, _IS_STEP = 0, 2
-# `TraceStore.submit_running`: queues a started span for its live row.
-SubmitRunning = Callable[[ReadableSpan, "str | None"], bool]
 
 
 class WorkflowSpanProcessor(SpanProcessor):
     """Step numbering, execution stamping and live rows.
 
-    `store`: where `running` rows go; without one the processor only enriches
+    `store`: where `running` rows go (a store opened read-only is refused with
+    StoreError); without one the processor only enriches
     spans (for a service that exports OTLP only). `max_live_executions` bounds
     what it remembers of execution and step spans that started and have not
     ended, should they never end (oldest forgotten first).
@@ -63,9 +62,9 @@ class WorkflowSpanProcessor(SpanProcessor):
         # lookup of its parent's span id, instead of asking the context for the parent span and
         # recognising it again (the fallback, for other parents).
         self._live: dict[int, _Entry] = {}
-        submit_running = None if store is None else store.submit_running
-        self._python = _PythonHooks(self._live, max_live_executions, submit_running)
-        self._native = _native_hooks(self._python, max_live_executions, submit_running)
+        live_rows = None if store is None else _live_rows_of(store)
+        self._python = _PythonHooks(self._live, max_live_executions, live_rows)
+        self._native = _native_hooks(self._python, max_live_executions, live_rows)
         if self._native is not None:
             # Instance attributes in place of the methods: the SDK calls the C functions directly,
             # with no Python frame in between (each costs about as much as the C work itself).
@@ -105,10 +104,10 @@ class WorkflowSpanProcessor(SpanProcessor):
 class _PythonHooks:
     """on_start and on_end in Python: the reference of the C hooks, and what reads other span classes."""
 
-    def __init__(self, live: dict[int, _Entry], max_live: int, submit_running: SubmitRunning | None) -> None:
+    def __init__(self, live: dict[int, _Entry], max_live: int, live_rows: LiveRowGate | None) -> None:
         self._live = live
         self._max_live = max_live
-        self._submit_running = submit_running
+        self._live_rows = live_rows
         self.evicted = 0
         self._failed_once = False
 
@@ -163,9 +162,9 @@ class _PythonHooks:
             if evicted is not None and not evicted[_IS_STEP]:
                 self.evicted += 1
             self._live[context.span_id] = (execution_id, workflow_id, step)
-        if self._submit_running is not None:
+        if self._live_rows is not None:
             # The live row is built by the writer, and only if the span is still running by then.
-            self._submit_running(span, execution_id)
+            self._live_rows.submit(span, execution_id)
 
     def on_end(self, span: ReadableSpan) -> None:
         try:
@@ -211,8 +210,17 @@ def _current_context_var() -> ContextVar[otel_context.Context] | None:
     return found if isinstance(found, ContextVar) else None
 
 
+def _live_rows_of(store: TraceStore) -> LiveRowGate:
+    if store.read_only:
+        raise StoreError(
+            "WorkflowSpanProcessor writes live rows, and this TraceStore was opened read-only: give it a "
+            "store opened for writing (the one its DuckDBSpanExporter writes to), or no store at all"
+        )
+    return store.live_rows
+
+
 def _native_hooks(
-    python: _PythonHooks, max_live: int, submit_running: SubmitRunning | None
+    python: _PythonHooks, max_live: int, live_rows: LiveRowGate | None
 ) -> _spanstart.Hooks | None:
     """The C hooks, sharing the Python ones' running-span map; None where the extension is not built."""
     if _spanstart is None:
@@ -243,7 +251,7 @@ def _native_hooks(
         fallback=python,
         number_step=numbering.next_number,
         forget=numbering.forget,
-        submit_running=submit_running,
+        live_rows=live_rows,
         recognised_parent=recognised_parent,
         failed=python.failed,
     )

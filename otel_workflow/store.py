@@ -40,7 +40,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from otel_workflow import queries
 from otel_workflow.rows import SpanBatch, SpanConverter, prepare_conversion, running_rows
 from otel_workflow.schema import SchemaVersionError, derive, ensure_schema, rebuild_derived
-from otel_workflow.writer import BackgroundWriter, RetryLater
+from otel_workflow.writer import BackgroundWriter, LiveRowGate, RetryLater
 
 logger = logging.getLogger("otel_workflow")
 
@@ -379,7 +379,7 @@ class TraceStore:
 
     `TraceStore("traces.duckdb")` opens or creates the file; `read_only=True` opens
     an existing file for queries only. Ingestion is asynchronous: `submit_spans`
-    and `submit_running` enqueue and return at once; `flush()` waits for the writer.
+    and `live_rows.submit` enqueue and return at once; `flush()` waits for the writer.
 
     `max_queued_spans` bounds the memory the write queue may use (see `writer` for
     which spans go first when it is full); `lock_timeout_s` is how long opening
@@ -584,15 +584,16 @@ class TraceStore:
             raise StoreError("this TraceStore was opened read-only")
         return self._writer.submit_spans(spans)
 
-    def submit_running(self, span: ReadableSpan, execution_id: str | None) -> bool:
-        """Queue an execution or step span that just started, for its live row.
+    @property
+    def live_rows(self) -> LiveRowGate:
+        """Where execution and step spans that just started are queued for their live rows.
 
-        The writer builds the row only if the span is still running when it writes: a step that ends
+        The writer builds a row only if the span is still running when it writes: a step that ends
         within the write interval costs nothing here, and the application thread does no conversion.
         """
         if self.read_only:
-            raise StoreError("this TraceStore was opened read-only")
-        return self._writer.submit_running(span, execution_id)
+            raise StoreError("this TraceStore was opened read-only: it takes no live rows")
+        return self._writer.live_rows
 
     @property
     def dropped_spans(self) -> int:

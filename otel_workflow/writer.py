@@ -224,6 +224,42 @@ class _Idle:
 _IDLE: Final = _Idle()
 
 
+class LiveRowGate:
+    """Where a span that starts waits for the writer to build its live row.
+
+    Checked and appended to on the application thread, for every execution and step that starts,
+    without a lock: while `open`, a span whose execution is not in `refused` goes into `spans` when
+    fewer than `limit` wait there (the room the write queue had left when the writer last looked), and
+    `wake()` is called for the first one; any other span is counted by `dropped()`. The processor's C
+    hooks do exactly what `submit` does, reading these fields, so that no Python code runs per span.
+    `spans` is appended to (list.append is atomic) and taken from in place, never replaced while
+    threads run: a list swapped for a new one could get an append from a thread that read it before
+    the swap, where nobody looks again.
+    """
+
+    __slots__ = ("dropped", "limit", "open", "refused", "spans", "wake")
+
+    def __init__(self, wake: Callable[[], None], dropped: Callable[[], None]) -> None:
+        self.wake = wake
+        self.dropped = dropped
+        self.open = True
+        self.limit = 0
+        self.spans: list[ReadableSpan] = []
+        self.refused: dict[str, None] = {}
+
+    def submit(self, span: ReadableSpan, execution_id: str | None) -> bool:
+        """Queue `span` for its live row; False if it was not (counted)."""
+        spans = self.spans
+        refused = execution_id is not None and execution_id in self.refused
+        if self.open and len(spans) < self.limit and not refused:
+            spans.append(span)
+            if len(spans) == 1:
+                self.wake()
+            return True
+        self.dropped()
+        return False
+
+
 class BackgroundWriter:
     """Owns the thread that writes; everything else only enqueues."""
 
@@ -248,6 +284,8 @@ class BackgroundWriter:
         self.label = label
         self.shutdown_timeout_s = shutdown_timeout_s
         self.drops = DropReporter(drop_log_interval_s)
+        # One gate for the writer's lifetime (the processor keeps it); `_init_state` resets its fields.
+        self.live_rows = LiveRowGate(self._wake_for_live_rows, lambda: self.drops.add_live_rows(1))
         self._init_state()
         _WRITERS.add(self)
         register_drop_metric()
@@ -267,12 +305,6 @@ class BackgroundWriter:
         # Held around "still wanted? then COMMIT", so that close() cannot give up on a batch mid-commit.
         self._commit_lock = threading.Lock()
         self._queue = _Queue()
-        # Spans that started, for live rows. The application threads append here without any lock
-        # (list.append is atomic), so they never wait for the condition's lock (held by a
-        # BatchSpanProcessor's submit of 512 spans, or by the writer); `_collect_started` moves them
-        # into `_queue`, taking them from this list in place: a list swapped for a new one could get an
-        # append from a thread that read it before the swap, where nobody looks again.
-        self._started: list[ReadableSpan] = []
         self._in_flight: _Queue | None = None
         self._in_flight_committed = False
         self._submitted = 0
@@ -296,6 +328,10 @@ class BackgroundWriter:
         self._refused: dict[str, None] = {}
         # Dropped executions whose live rows the next write deletes.
         self._forget: list[str] = []
+        # Spans that started, for live rows: the application threads never wait for the condition's lock
+        # (held by a BatchSpanProcessor's submit of 512 spans, or by the writer) to queue one.
+        gate = self.live_rows
+        gate.spans, gate.refused, gate.limit, gate.open = [], self._refused, self._soft_limit, True
 
     @property
     def max_queued(self) -> int:
@@ -308,16 +344,26 @@ class BackgroundWriter:
             return self._size()
 
     def _size(self) -> int:
+        return self._queued_here() + len(self.live_rows.spans)
+
+    def _queued_here(self) -> int:
+        """Items in the queue and in the cycle being written (not the started spans at the gate)."""
         in_flight = self._in_flight
-        return len(self._queue) + len(self._started) + (0 if in_flight is None else len(in_flight))
+        return len(self._queue) + (0 if in_flight is None else len(in_flight))
 
     def _collect_started(self) -> None:
         """With the condition's lock held: move the started spans into the queue (counted as submitted)."""
-        started = self._started[:]
+        gate = self.live_rows
+        started = gate.spans[:]
         if started:
-            del self._started[: len(started)]  # what was appended since stays for the next time
+            del gate.spans[: len(started)]  # what was appended since stays for the next time
             self._queue.running.extend(started)
             self._submitted += len(started)
+        self._set_live_room()
+
+    def _set_live_room(self) -> None:
+        """With the lock held: how many started spans may wait at the gate (the soft limit's rest)."""
+        self.live_rows.limit = self._soft_limit - self._queued_here()
 
     # -- producers ---------------------------------------------------------------------------------
 
@@ -380,33 +426,17 @@ class BackgroundWriter:
             self.drops.add(dropped, reason, detail, whole=whole, incomplete=incomplete)
         return dropped == 0
 
-    def submit_running(self, span: ReadableSpan, execution_id: str | None) -> bool:
-        """Queue a span that started, for its live row; False if it was not (counted as a live row).
-
-        Called on the application thread for every execution and step that starts: the checks read
-        without the lock (a live row only shows progress, a stale answer costs nothing), and only the
-        first span after the writer collected the others takes the condition's lock, to wake it.
-        """
-        if (
-            self._closed
-            or self._closing
-            or self._size() >= self._soft_limit
-            or (execution_id is not None and execution_id in self._refused)
-        ):
-            self.drops.add_live_rows(1)
-            return False
-        started = self._started
-        started.append(span)
-        if len(started) == 1:
-            with self._condition:
-                if not self._running and not self._parked:
-                    self._start_thread()
-                self._condition.notify_all()
-        return True
+    def _wake_for_live_rows(self) -> None:
+        """The first span at the gate since the writer last collected: wake it (or start it)."""
+        with self._condition:
+            if not self._running and not self._parked:
+                self._start_thread()
+            self._condition.notify_all()
 
     def _accepted(self, count: int) -> None:
         """With the lock held: `count` items were appended to the queue."""
         self._submitted += count
+        self._set_live_room()
         if not self._running and not self._parked:
             self._start_thread()
         queued = len(self._queue)
@@ -464,6 +494,7 @@ class BackgroundWriter:
             if self._closed:
                 return True
             self._closing = True
+            self.live_rows.open = False
             self._close_deadline = None if timeout_s is None else time.monotonic() + max(0.0, timeout_s)
             self._condition.notify_all()
             # Nothing queued yet, or parked at exit: the final write (live rows marked interrupted) still
@@ -539,7 +570,7 @@ class BackgroundWriter:
                 # closes; a connection left open at interpreter exit aborts the process.
                 if self._abandoned or (self._parked and not self._closing) or self._closed:
                     return None
-                if self._queue or self._started or self._closing or self._flush_wanted or self._forget:
+                if self._queue or self.live_rows.spans or self._closing or self._flush_wanted or self._forget:
                     break
                 if not self._sink_keeps:
                     self._condition.wait()
@@ -576,6 +607,7 @@ class BackgroundWriter:
         """With the lock held: the batch is written or dropped."""
         self._in_flight = None
         self._completed += len(batch)
+        self._set_live_room()
         self._condition.notify_all()
 
     def _run(self) -> None:

@@ -27,6 +27,7 @@ from opentelemetry.trace import SpanContext, format_span_id, format_trace_id
 from otel_workflow import (
     Execution,
     Step,
+    StoreError,
     TraceStore,
     WorkflowSpanProcessor,
     WorkflowTracer,
@@ -737,22 +738,26 @@ def test_a_span_class_the_c_hooks_do_not_read_is_still_processed() -> None:
 
 
 def test_a_failing_processor_never_reaches_the_application_and_says_so_once(
-    db_path: Path, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    TraceStore(db_path).close()
-    read_only = TraceStore(db_path, read_only=True)  # queueing a live row raises in this store
-    provider = TracerProvider(shutdown_on_exit=False)
-    provider.add_span_processor(WorkflowSpanProcessor(read_only))
-    wf = WorkflowTracer("orders", tracer_provider=provider)
+    enriching = WorkflowSpanProcessor()
+    tracer = TracerProvider(shutdown_on_exit=False).get_tracer("t")
+    span = tracer.start_span("GET /odd", context=otel_trace.set_span_in_context(tracer.start_span("parent")))
+    span._parent = "not a SpanContext"  # type: ignore[attr-defined]  # what no processor can read
     with caplog.at_level(logging.ERROR, logger="otel_workflow"):
         for _ in range(3):
-            with wf.execution(), wf.step("s"):
-                pass
-    provider.shutdown()
-    read_only.close()
+            enriching.on_start(span, parent_context=None)
     failures = [r for r in caplog.records if "processor failed on span start" in r.getMessage()]
     assert len(failures) == 1
-    assert failures[0].exc_info is not None and "read-only" in str(failures[0].exc_info[1])
+    assert failures[0].exc_info is not None
+
+
+def test_a_processor_refuses_a_read_only_store_at_once(db_path: Path) -> None:
+    TraceStore(db_path).close()
+    read_only = TraceStore(db_path, read_only=True)
+    with pytest.raises(StoreError, match="read-only"):
+        WorkflowSpanProcessor(read_only)
+    read_only.close()
 
 
 def test_closed_scopes_leave_nothing_in_the_context(traced: Traced) -> None:
