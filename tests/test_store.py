@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import subprocess
 import sys
+import weakref
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +21,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, format_span_id
-from support import epoch_us
+from support import epoch_us, wait_until
 
 from otel_workflow import (
     DuckDBSpanExporter,
@@ -219,6 +221,25 @@ def test_force_flush_returns_true_and_data_is_then_readable(db_path: Path) -> No
         assert store.queued == 0
         assert counts(store) == expected_counts(spans)
         assert [e.id for e in store.executions()] == [execution_id]
+        exporter.shutdown()
+
+
+def test_written_spans_are_not_kept_while_the_writer_waits(db_path: Path) -> None:
+    # A quiet service after a burst: the last batch written must not stay in memory until the next one.
+    spans, _ = capture_spans()
+    alive = [weakref.ref(span) for span in spans]
+    with TraceStore(db_path) as store:
+        exporter = DuckDBSpanExporter(store)
+        assert exporter.export(spans) is SpanExportResult.SUCCESS
+        assert exporter.force_flush() is True
+        del spans
+
+        def all_gone() -> bool:
+            gc.collect()
+            return all(ref() is None for ref in alive)
+
+        # The writer lets go of them right after it reports them written: a moment after flush returns.
+        wait_until(all_gone, timeout_s=5.0, what="the written spans to be freed")
         exporter.shutdown()
 
 
