@@ -44,7 +44,7 @@ class Benchmark:
 
 BENCHMARKS = (
     # 880 spans = 10 executions of 11 spans on each of 8 threads, so every workload runs whole.
-    Benchmark("app_thread", ("--spans", "11000"), ("--spans", "880", "--repeat", "1")),
+    Benchmark("app_thread", ("--spans", "11000", "--repeat", "5"), ("--spans", "880", "--repeat", "1")),
     Benchmark("ingest", ("--spans", "50000"), ("--spans", "2000", "--repeat", "1")),
     Benchmark(
         "ingest_paths",
