@@ -13,7 +13,7 @@ def _c_module(name: str) -> Extension:
     return Extension(
         f"otel_workflow.{name}",
         sources=[f"otel_workflow/{name}.c"],
-        depends=["otel_workflow/_pick.h"],
+        depends=["otel_workflow/_conventions.h"],
         extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         optional=True,
     )

@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "_pick.h"
+#include "_conventions.h"
 
 /* ---- Arrow C data interface (https://arrow.apache.org/docs/format/CDataInterface.html) ---- */
 
@@ -371,6 +371,7 @@ typedef struct {
 
 static Config config;
 static int configured = 0;
+static RoleKeys role_keys; /* borrowed from `config` */
 
 /* Attribute names read from SDK objects, interned once. */
 static PyObject *s_context, *s_name, *s_kind, *s_parent, *s_start_time, *s_end_time, *s_attributes,
@@ -505,6 +506,10 @@ static PyObject *configure(PyObject *module, PyObject *settings) {
     TEXT(config.skipped, "skipped");
     TEXT(config.completed, "completed");
 #undef TEXT
+    role_keys = (RoleKeys){config.step_prefix,
+                           {config.step_name, config.cicd_task_run_id, config.cicd_task_name},
+                           config.execution_name,
+                           config.cicd_run_id};
     configured = 1;
     Py_RETURN_NONE;
 }
@@ -981,32 +986,9 @@ static int to_text(PyObject **value) {
     return *value == NULL ? -1 : 0;
 }
 
-/* conventions.role_of: sets *step or *execution (or neither). */
-static int role_of(PyObject *name, PyObject *attributes, int *step, int *execution) {
-    int prefixed = PyUnicode_Tailmatch(name, config.step_prefix, 0, PY_SSIZE_T_MAX, -1);
-    if (prefixed < 0) {
-        return -1;
-    }
-    *step = prefixed;
-    PyObject *step_keys[] = {config.step_name, config.cicd_task_run_id, config.cicd_task_name};
-    for (int i = 0; !*step && i < 3; i++) {
-        if ((*step = PyDict_Contains(attributes, step_keys[i])) < 0) {
-            return -1;
-        }
-    }
-    *execution = 0;
-    if (!*step) {
-        *execution = PyUnicode_Compare(name, config.execution_name) == 0;
-        if (!*execution && (*execution = PyDict_Contains(attributes, config.cicd_run_id)) < 0) {
-            return -1;
-        }
-    }
-    return 0;
-}
-
 static int recognise(PyObject *name, PyObject *attributes, Recognised *r) {
     int error = 0, step, execution;
-    if (role_of(name, attributes, &step, &execution) < 0) {
+    if (span_role(name, attributes, &role_keys, &step, &execution) < 0) {
         return -1;
     }
     r->execution_id = pick(attributes, config.execution_id_keys, &error);
@@ -1353,7 +1335,7 @@ static PyObject *owners(PyObject *module, PyObject *spans) {
             goto span_done;
         }
         int step = 0, execution = 0;
-        if (PyUnicode_Check(name) && role_of(name, attributes, &step, &execution) < 0) {
+        if (PyUnicode_Check(name) && span_role(name, attributes, &role_keys, &step, &execution) < 0) {
             goto span_done;
         }
         item = PyTuple_Pack(2, execution_id, execution ? Py_True : Py_False);

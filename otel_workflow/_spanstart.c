@@ -15,7 +15,7 @@
 #include <Python.h>
 #include <structmember.h>
 
-#include "_pick.h"
+#include "_conventions.h"
 
 static PyObject *s_name, *s_attributes, *s_parent, *s_context, *s_inner_dict, *s_public_context,
     *s_set_attributes, *s_hex_format, *s_open, *s_spans, *s_limit, *s_refused, *s_dropped, *s_wake;
@@ -35,6 +35,7 @@ typedef struct {
     PyObject *execution_id_keys;
     PyObject *step_prefix, *execution_name, *workflow_id_key, *execution_id_key, *step_name_key,
         *task_run_id_key, *task_name_key, *run_id_key, *step_parent_key, *step_sequence_key;
+    RoleKeys roles; /* borrowed from the keys above */
     PyObject *fallback;       /* processor._PythonHooks sharing `live`: spans this type does not read */
     PyObject *number_step;    /* execution id -> the next step number */
     PyObject *forget;         /* execution id -> None: its step counter goes */
@@ -108,20 +109,6 @@ static PyObject *execution_id_of(Hooks *h, PyObject *attributes) {
     }
     Py_SETREF(value, PyObject_Str(value));
     return value;
-}
-
-static int is_step(Hooks *h, PyObject *name, PyObject *attributes) {
-    if (starts_with(name, h->step_prefix)) {
-        return 1;
-    }
-    PyObject *keys[] = {h->step_name_key, h->task_run_id_key, h->task_name_key};
-    for (size_t i = 0; i < 3; i++) {
-        int found = PyDict_Contains(attributes, keys[i]);
-        if (found != 0) {
-            return found;
-        }
-    }
-    return 0;
 }
 
 /* The (trace id, span id, is_remote) tuple of a SpanContext: its span id and remoteness, borrowed. */
@@ -198,8 +185,8 @@ static PyObject *recognised_parent(Hooks *h, PyObject *parent_context) {
     if (workflow_id == NULL && PyErr_Occurred()) {
         goto done;
     }
-    int step = is_step(h, name, attributes);
-    if (step >= 0) {
+    int step, execution;
+    if (span_role(name, attributes, &h->roles, &step, &execution) == 0) {
         result = entry(execution_id, workflow_id ? workflow_id : Py_None, step);
     }
 done:
@@ -320,16 +307,9 @@ static int start(Hooks *h, PyObject *span, PyObject *parent_context) {
         done = 1; /* plainly not a workflow span: most spans end here */
         goto out;
     }
-    int step = own ? is_step(h, name, attributes) : 0;
-    if (step < 0) {
+    int step = 0, execution = 0;
+    if (own && span_role(name, attributes, &h->roles, &step, &execution) < 0) {
         goto out;
-    }
-    int execution = 0;
-    if (own && !step) {
-        execution = execution_name;
-        if (!execution && (execution = PyDict_Contains(attributes, h->run_id_key)) < 0) {
-            goto out;
-        }
     }
     if ((execution_id = marked ? execution_id_of(h, attributes) : Py_NewRef(Py_None)) == NULL) {
         goto out;
@@ -637,6 +617,10 @@ static int init(Hooks *h, PyObject *args, PyObject *kwargs) {
         key_text(keys, "step_sequence", &h->step_sequence_key) < 0) {
         return -1;
     }
+    h->roles = (RoleKeys){h->step_prefix,
+                          {h->step_name_key, h->task_run_id_key, h->task_name_key},
+                          h->execution_name,
+                          h->run_id_key};
     return 0;
 }
 
