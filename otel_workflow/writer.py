@@ -721,10 +721,10 @@ class BackgroundWriter:
                 self._condition.wait(wait)  # close() wakes it early
             return True
 
-    def _failed(self, spans: Iterable[ReadableSpan], forget: list[str]) -> None:
+    def _failed(self, spans: Sequence[ReadableSpan], forget: list[str]) -> None:
         """With the lock held: a batch was lost; the rest of its executions is dropped too (kept whole)."""
         self._forget = forget + self._forget
-        for execution_id, ends in set(span_owners(list(spans))):
+        for execution_id, ends in set(span_owners(spans)):
             if execution_id is None:
                 continue
             self._partial.pop(execution_id, None)
