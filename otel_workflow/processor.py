@@ -30,7 +30,7 @@ from opentelemetry.util.types import AttributeValue
 from otel_workflow import conventions as cv
 from otel_workflow import numbering
 from otel_workflow.rows import hex_span_id, span_attributes
-from otel_workflow.store import StoreError, TraceStore
+from otel_workflow.store import TraceStore
 from otel_workflow.writer import LiveRowGate
 
 try:
@@ -62,7 +62,7 @@ class WorkflowSpanProcessor(SpanProcessor):
         # lookup of its parent's span id, instead of asking the context for the parent span and
         # recognising it again (the fallback, for other parents).
         self._live: dict[int, _Entry] = {}
-        live_rows = None if store is None else _live_rows_of(store)
+        live_rows = None if store is None else store.live_rows  # a read-only store raises StoreError
         self._python = _PythonHooks(self._live, max_live_executions, live_rows)
         self._native = _native_hooks(self._python, max_live_executions, live_rows)
         if self._native is not None:
@@ -208,15 +208,6 @@ def _current_context_var() -> ContextVar[otel_context.Context] | None:
         return None
     found = getattr(runtime, "_current_context", None)
     return found if isinstance(found, ContextVar) else None
-
-
-def _live_rows_of(store: TraceStore) -> LiveRowGate:
-    if store.read_only:
-        raise StoreError(
-            "WorkflowSpanProcessor writes live rows, and this TraceStore was opened read-only: give it a "
-            "store opened for writing (the one its DuckDBSpanExporter writes to), or no store at all"
-        )
-    return store.live_rows
 
 
 def _native_hooks(

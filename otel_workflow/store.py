@@ -592,7 +592,10 @@ class TraceStore:
         within the write interval costs nothing here, and the application thread does no conversion.
         """
         if self.read_only:
-            raise StoreError("this TraceStore was opened read-only: it takes no live rows")
+            raise StoreError(
+                "this TraceStore was opened read-only: it takes no live rows (give WorkflowSpanProcessor the "
+                "store its DuckDBSpanExporter writes to, or no store at all)"
+            )
         return self._writer.live_rows
 
     @property
