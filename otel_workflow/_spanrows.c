@@ -1244,8 +1244,8 @@ done:
 }
 
 /*
- * finished(spans: list, types: set, describe_resource) -> (spans, events, links): three "arrow_array"
- * capsules. Raises Unsupported (a span whose type is not in `types`, or not shaped like the SDK's) or
+ * finished(spans: list, types: set, describe_resource) -> (spans, events, links, rows): three
+ * "arrow_array" capsules and the number of span rows. Raises Unsupported (a span whose type is not in `types`, or not shaped like the SDK's) or
  * any error a value caused; the caller then converts the slice in Python.
  */
 static PyObject *finished(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
@@ -1282,8 +1282,10 @@ static PyObject *finished(PyObject *module, PyObject *const *args, Py_ssize_t na
     PyObject *span_batch = export_batch(b.spans, S_COUNT, b.span_rows);
     PyObject *event_batch = span_batch ? export_batch(b.events, E_COUNT, b.event_rows) : NULL;
     PyObject *link_batch = event_batch ? export_batch(b.links, L_COUNT, b.link_rows) : NULL;
-    if (link_batch != NULL) {
-        result = PyTuple_Pack(3, span_batch, event_batch, link_batch);
+    PyObject *rows = link_batch ? PyLong_FromSsize_t((Py_ssize_t)b.span_rows) : NULL;
+    if (rows != NULL) {
+        result = PyTuple_Pack(4, span_batch, event_batch, link_batch, rows);
+        Py_DECREF(rows);
     }
     Py_XDECREF(span_batch);
     Py_XDECREF(event_batch);

@@ -246,7 +246,14 @@ static int queue_live_row(Hooks *h, PyObject *span, PyObject *execution_id) {
         goto done;
     }
     if (is_open && !is_refused && PyList_GET_SIZE(spans) < room) {
-        if (PyList_Append(spans, span) < 0) {
+        /* Weakly: a span kept until the writer's next cycle would outlive its export (see LiveRowGate). */
+        PyObject *ref = PyWeakref_NewRef(span, NULL);
+        if (ref == NULL) {
+            goto done;
+        }
+        int appended = PyList_Append(spans, ref);
+        Py_DECREF(ref);
+        if (appended < 0) {
             goto done;
         }
         accepted = 1;

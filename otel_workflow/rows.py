@@ -253,9 +253,85 @@ class SpanBatch:
     events: pa.Table
     links: pa.Table
 
-    @property
-    def span_count(self) -> int:
-        return self.spans.num_rows
+    @staticmethod
+    def concat(batches: Sequence[SpanBatch]) -> SpanBatch:
+        """One batch of all the rows of `batches` (at least one), in order."""
+        if len(batches) == 1:
+            return batches[0]
+        return SpanBatch(
+            spans=pa.concat_tables([batch.spans for batch in batches]),
+            events=pa.concat_tables([batch.events for batch in batches]),
+            links=pa.concat_tables([batch.links for batch in batches]),
+        )
+
+    def halves(self) -> tuple[SpanBatch, SpanBatch]:
+        """The first half of the span rows and the rest, each with its spans' events and links."""
+        middle = self.spans.num_rows // 2
+        first, rest = self.spans.slice(0, middle), self.spans.slice(middle)
+        return self._with_children(first), self._with_children(rest)
+
+    def _with_children(self, spans: pa.Table) -> SpanBatch:
+        keys = _span_keys(spans)
+        return SpanBatch(
+            spans=spans,
+            events=self.events.filter(pc.is_in(_span_keys(self.events), value_set=keys)),
+            links=self.links.filter(pc.is_in(_span_keys(self.links), value_set=keys)),
+        )
+
+    def owners(self) -> list[tuple[str | None, bool]]:
+        """`owner_of` each span row: its execution, and whether it is that execution's own span."""
+        roles = self.spans.column("workflow_role").to_pylist()
+        return [
+            (execution_id, execution_id is not None and role == cv.ROLE_EXECUTION)
+            for execution_id, role in zip(self.spans.column("execution_id").to_pylist(), roles, strict=True)
+        ]
+
+
+def _span_keys(table: pa.Table) -> pa.Array[Any]:
+    # A span id is unique within its trace only. Used where the database refused a batch: not fast.
+    pairs = zip(table.column("trace_id").to_pylist(), table.column("span_id").to_pylist(), strict=True)
+    return pa.array([f"{trace_id}:{span_id}" for trace_id, span_id in pairs], pa.string())
+
+
+class ConvertedSpans:
+    """Finished spans converted for the write queue, which then holds no span objects.
+
+    Made on the exporter's thread, so that the spans go as soon as the exporter lets go of them:
+    span objects kept alive until the writer's next cycle made every garbage collection of the
+    application walk them. What the C converter makes is handed to pyarrow later, by the writer
+    (`tables`): pyarrow lets go of the GIL while it imports, and a thread that lets go of it waits
+    a switch interval (5 ms) to get it back from a busy application, so an exporter that imported
+    fell behind, with spans piling up in the BatchSpanProcessor's queue instead.
+    """
+
+    __slots__ = ("_made", "_tables", "count")
+
+    def __init__(
+        self, count: int, made: tuple[object, object, object] | None, tables: SpanBatch | None
+    ) -> None:
+        self.count = count
+        self._made = made
+        self._tables = tables
+
+    @classmethod
+    def of(cls, tables: SpanBatch) -> ConvertedSpans:
+        return cls(tables.spans.num_rows, None, tables)
+
+    def owners(self) -> list[tuple[str | None, bool]]:
+        """`owner_of` each span (read from the rows: the span objects are gone)."""
+        return self.tables().owners()
+
+    def tables(self) -> SpanBatch:
+        """The Arrow tables (imported once: a retried write reads the same ones)."""
+        if self._tables is None:
+            assert self._made is not None
+            made, self._made = self._made, None
+            tables = [
+                pa.Table.from_batches([pa.record_batch(_ExportedBatch(schema, array))])
+                for schema, array in zip((SPANS_SCHEMA, EVENTS_SCHEMA, LINKS_SCHEMA), made, strict=True)
+            ]
+            self._tables = SpanBatch(spans=tables[0], events=tables[1], links=tables[2])
+        return self._tables
 
 
 class SpanConverter:
@@ -270,13 +346,17 @@ class SpanConverter:
 
     def finished(self, spans: Iterable[ReadableSpan]) -> SpanBatch:
         """Rows for `spans`; spans without a context are left out."""
+        return self.convert(spans).tables()
+
+    def convert(self, spans: Iterable[ReadableSpan]) -> ConvertedSpans:
+        """Rows for `spans`, as `finished` gives them, with pyarrow's part left to `tables()`."""
         if self.native:
             listed = spans if type(spans) is list else list(spans)
-            batch = _native_batch(listed, self._resources.get)
-            if batch is not None:
-                return batch
+            made = _native_made(listed, self._resources.get)
+            if made is not None:
+                return made
             spans = listed
-        return self._python_batch(spans)
+        return ConvertedSpans.of(self._python_batch(spans))
 
     def _python_batch(self, spans: Iterable[ReadableSpan]) -> SpanBatch:
         # Each value is read once, and text is not checked here but per column in `_array`.
@@ -464,13 +544,15 @@ class _ExportedBatch:
         return self._schema.__arrow_c_schema__(), self._array
 
 
-def _native_batch(
+def _native_made(
     spans: list[ReadableSpan], describe_resource: Callable[[Resource | None], _ResourceInfo]
-) -> SpanBatch | None:
-    """The batch made by the C converter, or None where the Python loop must make it."""
+) -> ConvertedSpans | None:
+    """What the C converter made, or None where the Python loop must make it."""
     while True:
         try:
-            made = _spanrows.finished(spans, _NATIVE_TYPES, describe_resource)
+            spans_array, events_array, links_array, rows = _spanrows.finished(
+                spans, _NATIVE_TYPES, describe_resource
+            )
         except _spanrows.Unsupported as exc:
             if exc.args and _admit(exc.args[0]):
                 continue  # a class seen for the first time, and readable: again, with it
@@ -478,11 +560,7 @@ def _native_batch(
         except Exception:
             # An odd value: the Python loop gives its rows, or the error that isolates the span.
             return None
-        tables = [
-            pa.Table.from_batches([pa.record_batch(_ExportedBatch(schema, array))])
-            for schema, array in zip((SPANS_SCHEMA, EVENTS_SCHEMA, LINKS_SCHEMA), made, strict=True)
-        ]
-        return SpanBatch(spans=tables[0], events=tables[1], links=tables[2])
+        return ConvertedSpans(rows, (spans_array, events_array, links_array), None)
 
 
 def _configure_native() -> None:

@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_workflow import queries
-from otel_workflow.rows import SpanBatch, SpanConverter, prepare_conversion, running_rows
+from otel_workflow.rows import ConvertedSpans, SpanBatch, SpanConverter, prepare_conversion, running_rows
 from otel_workflow.schema import SchemaVersionError, derive, ensure_schema, rebuild_derived
 from otel_workflow.writer import BackgroundWriter, LiveRowGate, RetryLater
 
@@ -668,42 +668,47 @@ class TraceStore:
 
     def _write_batch(
         self,
-        spans: Sequence[ReadableSpan],
-        running: Sequence[ReadableSpan],
+        finished: Sequence[ConvertedSpans],
+        running: Sequence[weakref.ref[ReadableSpan]],
         final: bool,
         forget: Sequence[str] = (),
         commit: Callable[[Callable[[], object]], None] | None = None,
     ) -> int:
         """One transaction: live rows, finished spans, interrupted marks, dropped executions' live rows.
 
-        Returns how many spans were rejected as malformed (they are left out; the rest is written).
-        Should the database refuse the batch because of what some span holds (a constraint, a value
-        out of range), the batch is halved until the span is alone, so that it alone is rejected.
+        Returns how many spans were rejected. Should the database refuse the batch because of what
+        some span holds (a constraint, a value out of range), the batch is halved until the span is
+        alone, so that it alone is rejected.
         """
         try:
-            return self._write_once(spans, running, final, forget, commit)
+            return self._write_once(finished, running, final, forget, commit)
         except _DATA_ERRORS:
-            if not spans:
+            if not finished:
                 raise
             logger.debug("otel-workflow: the database refused a batch; looking for the span", exc_info=True)
-        if len(spans) == 1:
+        if len(finished) == 1 and finished[0].count == 1:
             return 1 + self._write_batch((), running, final, forget, commit)
-        middle = len(spans) // 2
-        rejected = self._write_batch(spans[:middle], running, False, forget, commit)
-        return rejected + self._write_batch(spans[middle:], (), final, (), commit)
+        if len(finished) > 1:
+            middle = len(finished) // 2
+            first, rest = finished[:middle], finished[middle:]
+        else:
+            halves = finished[0].tables().halves()
+            first, rest = [ConvertedSpans.of(halves[0])], [ConvertedSpans.of(halves[1])]
+        rejected = self._write_batch(first, running, False, forget, commit)
+        return rejected + self._write_batch(rest, (), final, (), commit)
 
     def _write_once(
         self,
-        spans: Sequence[ReadableSpan],
-        running: Sequence[ReadableSpan],
+        finished: Sequence[ConvertedSpans],
+        running: Sequence[weakref.ref[ReadableSpan]],
         final: bool,
         forget: Sequence[str],
         commit: Callable[[Callable[[], object]], None] | None,
     ) -> int:
-        batch, rejected = self._convert(spans)
+        batch = SpanBatch.concat([part.tables() for part in finished]) if finished else None
         live = self._running_rows(running)
         if batch is None and live is None and not final and not forget:
-            return rejected
+            return 0
         # The file was deleted while we ran: DuckDB makes a new, empty one, which needs the schema.
         recreate = self._memory is None and not os.path.exists(self.path)
         try:
@@ -748,35 +753,23 @@ class TraceStore:
             if _is_lock_conflict(exc):
                 raise RetryLater("the database file is held by another process") from exc
             raise
-        return rejected
+        return 0
 
-    def _convert(self, spans: Sequence[ReadableSpan]) -> tuple[SpanBatch | None, int]:
-        """Arrow tables of the spans, leaving out (and counting) the ones that cannot be converted."""
-        if not spans:
-            return None, 0
-        parts: list[SpanBatch] = []
+    def _convert(self, spans: Sequence[ReadableSpan]) -> tuple[list[ConvertedSpans], int]:
+        """The spans converted, leaving out (and counting) the ones that cannot be converted."""
+        parts: list[ConvertedSpans] = []
         # In slices: the Python objects made while converting (row tuples, strings) are several times
         # the Arrow result, and a slice's are freed before the next one's are made.
         for first in range(0, len(spans), _CONVERT_SLICE):
             self._convert_parts(spans[first : first + _CONVERT_SLICE], parts)
-        if not parts:
-            return None, len(spans)
-        if len(parts) == 1:
-            batch = parts[0]
-        else:
-            batch = SpanBatch(
-                spans=pa.concat_tables([part.spans for part in parts]),
-                events=pa.concat_tables([part.events for part in parts]),
-                links=pa.concat_tables([part.links for part in parts]),
-            )
         # The converter also leaves out spans without a context: they count as rejected too.
-        rejected = len(spans) - batch.spans.num_rows
-        return (batch if batch.spans.num_rows else None), rejected
+        converted = sum(part.count for part in parts)
+        return [part for part in parts if part.count], len(spans) - converted
 
-    def _convert_parts(self, spans: Sequence[ReadableSpan], parts: list[SpanBatch]) -> None:
+    def _convert_parts(self, spans: Sequence[ReadableSpan], parts: list[ConvertedSpans]) -> None:
         # One malformed span must not cost the others their place: halve until it is alone.
         try:
-            parts.append(self._converter.finished(spans))
+            parts.append(self._converter.convert(spans))
         except Exception:
             if len(spans) == 1:
                 logger.debug("otel-workflow rejected a span it could not convert", exc_info=True)
@@ -785,13 +778,15 @@ class TraceStore:
             self._convert_parts(spans[:middle], parts)
             self._convert_parts(spans[middle:], parts)
 
-    def _running_rows(self, started: Sequence[ReadableSpan]) -> pa.Table | None:
+    def _running_rows(self, started: Sequence[weakref.ref[ReadableSpan]]) -> pa.Table | None:
         """Live rows for the spans that are still running (an ended one is in this or a coming batch)."""
-        running = [span for span in started if span.end_time is None]
-        batch, failed = self._convert(running)
+        running = [span for ref in started if (span := ref()) is not None and span.end_time is None]
+        parts, failed = self._convert(running)
         if failed:
             self._writer.drops.add_live_rows(failed)
-        return None if batch is None else running_rows(batch.spans)
+        if not parts:
+            return None
+        return running_rows(SpanBatch.concat([part.tables() for part in parts]).spans)
 
     # -- read side -------------------------------------------------------------------------------
 
@@ -1068,10 +1063,16 @@ class _StoreSink:
         store = self._store()
         return store is not None and store._idle(seconds)
 
+    def convert(self, spans: Sequence[ReadableSpan]) -> tuple[list[ConvertedSpans], int]:
+        store = self._store()
+        if store is None:
+            return [], len(spans)
+        return store._convert(spans)
+
     def write(
         self,
-        spans: Sequence[ReadableSpan],
-        running: Sequence[ReadableSpan],
+        finished: Sequence[ConvertedSpans],
+        running: Sequence[weakref.ref[ReadableSpan]],
         *,
         final: bool,
         forget: Sequence[str],
@@ -1080,7 +1081,7 @@ class _StoreSink:
         store = self._store()
         if store is None:
             return 0
-        return store._write_batch(spans, running, final, forget, commit)
+        return store._write_batch(finished, running, final, forget, commit)
 
 
 def _forget_held(ref: weakref.ref[TraceStore]) -> None:

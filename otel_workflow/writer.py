@@ -89,17 +89,32 @@ class Abandoned(Exception):
     """`close()` gave up on this batch (its timeout passed): it must not be committed any more."""
 
 
+class FinishedSpans(Protocol):
+    """Finished spans as the sink converted them for the queue (the span objects are not kept)."""
+
+    @property
+    def count(self) -> int:
+        """How many spans."""
+
+    def owners(self) -> list[tuple[str | None, bool]]:
+        """`rows.owner_of` each span: its execution, and whether it is that execution's own span."""
+
+
 class BatchSink(Protocol):
+    def convert(self, spans: Sequence[ReadableSpan]) -> tuple[Sequence[FinishedSpans], int]:
+        """The spans made into what `write` takes (`FinishedSpans`), and how many were rejected as
+        malformed (left out). Called on the submitting thread, outside the writer's lock; never raises."""
+
     def write(
         self,
-        spans: Sequence[ReadableSpan],
-        running: Sequence[ReadableSpan],
+        finished: Sequence[Any],
+        running: Sequence[weakref.ref[ReadableSpan]],
         *,
         final: bool,
         forget: Sequence[str],
         commit: Callable[[Callable[[], object]], None],
     ) -> int:
-        """Store one batch in one transaction; return how many spans were rejected as malformed.
+        """Store one batch (`convert`'s parts) in one transaction; return how many spans were rejected.
 
         `forget` names executions that were dropped: their live rows are to be deleted. The
         transaction's COMMIT must go through `commit(action)`, which raises `Abandoned` instead
@@ -199,11 +214,32 @@ class DropReporter:
 
 @dataclass(slots=True)
 class _Queue:
-    spans: list[ReadableSpan] = field(default_factory=list)
-    running: list[ReadableSpan] = field(default_factory=list)
+    finished: list[FinishedSpans] = field(default_factory=list)
+    running: list[weakref.ref[ReadableSpan]] = field(default_factory=list)
+    # Spans in `finished`.
+    spans: int = 0
 
     def __len__(self) -> int:
-        return len(self.spans) + len(self.running)
+        return self.spans + len(self.running)
+
+    def add(self, parts: Sequence[FinishedSpans]) -> None:
+        self.finished.extend(parts)
+        self.spans += sum(part.count for part in parts)
+
+    def split(self, spans: int) -> tuple[_Queue, _Queue]:
+        """The first parts, up to about `spans` spans, with all live rows; and the rest."""
+        taken = 0
+        for index, part in enumerate(self.finished):
+            if taken and taken + part.count > spans:
+                rest = _Queue()
+                rest.add(self.finished[index:])
+                return _Queue(self.finished[:index], self.running, taken), rest
+            taken += part.count
+        return self, _Queue()
+
+    def then(self, later: _Queue) -> _Queue:
+        """This queue's items in front of `later`'s."""
+        return _Queue(self.finished + later.finished, self.running + later.running, self.spans + later.spans)
 
 
 def _remember(keys: dict[str, None], key: str) -> None:
@@ -228,13 +264,18 @@ class LiveRowGate:
     """Where a span that starts waits for the writer to build its live row.
 
     Checked and appended to on the application thread, for every execution and step that starts,
-    without a lock: while `open`, a span whose execution is not in `refused` goes into `spans` when
-    fewer than `limit` wait there (the room the write queue had left when the writer last looked), and
-    `wake()` is called for the first one; any other span is counted by `dropped()`. The processor's C
-    hooks do exactly what `submit` does, reading these fields, so that no Python code runs per span.
+    without a lock: while `open`, a weak reference to a span whose execution is not in `refused` goes
+    into `spans` when fewer than `limit` wait there (the room the write queue had left when the writer
+    last looked), and `wake()` is called for the first one; any other span is counted by `dropped()`.
+    The processor's C hooks do exactly what `submit` does, reading these fields, so that no Python
+    code runs per span.
     `spans` is appended to (list.append is atomic) and taken from in place, never replaced while
     threads run: a list swapped for a new one could get an append from a thread that read it before
     the swap, where nobody looks again.
+
+    Weak references: a span that ends before the writer looks needs no live row (its finished row is
+    coming), and kept alive until then (up to a write cycle) it made every garbage collection of the
+    application walk it, long after the exporter let go of it.
     """
 
     __slots__ = ("dropped", "limit", "open", "refused", "spans", "wake")
@@ -244,7 +285,7 @@ class LiveRowGate:
         self.dropped = dropped
         self.open = True
         self.limit = 0
-        self.spans: list[ReadableSpan] = []
+        self.spans: list[weakref.ref[ReadableSpan]] = []
         self.refused: dict[str, None] = {}
 
     def submit(self, span: ReadableSpan, execution_id: str | None) -> bool:
@@ -252,7 +293,7 @@ class LiveRowGate:
         spans = self.spans
         refused = execution_id is not None and execution_id in self.refused
         if self.open and len(spans) < self.limit and not refused:
-            spans.append(span)
+            spans.append(weakref.ref(span))
             if len(spans) == 1:
                 self.wake()
             return True
@@ -306,6 +347,8 @@ class BackgroundWriter:
         self._commit_lock = threading.Lock()
         self._queue = _Queue()
         self._in_flight: _Queue | None = None
+        # Spans accepted and being converted by their submitters (outside the lock), not queued yet.
+        self._converting = 0
         self._in_flight_committed = False
         self._submitted = 0
         self._completed = 0
@@ -344,7 +387,7 @@ class BackgroundWriter:
             return self._size()
 
     def _size(self) -> int:
-        return self._queued_here() + len(self.live_rows.spans)
+        return self._queued_here() + len(self.live_rows.spans) + self._converting
 
     def _queued_here(self) -> int:
         """Items in the queue and in the cycle being written (not the started spans at the gate)."""
@@ -368,10 +411,12 @@ class BackgroundWriter:
     # -- producers ---------------------------------------------------------------------------------
 
     def submit_spans(self, spans: Sequence[ReadableSpan]) -> bool:
-        """Queue finished spans; False if any had to be dropped (counted)."""
+        """Queue finished spans, converted by the sink on this thread; False if any had to be dropped
+        (counted)."""
         if not spans:
             return True
         owners = span_owners(spans)  # outside the lock: producers never wait for this
+        accepted: list[ReadableSpan] = []
         dropped = whole = incomplete = evicted = 0
         with self._condition:
             self._collect_started()
@@ -380,7 +425,6 @@ class BackgroundWriter:
                 dropped = len(spans)
             else:
                 reason, detail = QUEUE_FULL, None
-                accepted: list[ReadableSpan] = []
                 size, soft, hard = self._size(), self._soft_limit, self._max_queued
                 if size + len(spans) > soft and self._queue.running:
                     # Live rows go first: they only show progress, finished spans are the record.
@@ -417,14 +461,35 @@ class BackgroundWriter:
                         size += 1
                     else:
                         dropped += 1
-                if accepted:
-                    self._queue.spans.extend(accepted)
-                    self._accepted(len(accepted))
+                self._converting += len(accepted)
         if evicted:
             self.drops.add_live_rows(evicted)
         if dropped:
             self.drops.add(dropped, reason, detail, whole=whole, incomplete=incomplete)
-        return dropped == 0
+        return self._queue_converted(accepted) and dropped == 0
+
+    def _queue_converted(self, accepted: list[ReadableSpan]) -> bool:
+        """Convert the accepted spans (outside the lock: the writer and other producers go on) and queue
+        them; the span objects are not kept. False if some were rejected or came after the close."""
+        if not accepted:
+            return True
+        try:
+            parts, rejected = self._sink.convert(accepted)
+        except Exception:  # the sink's own guard failed: a failure of ours never reaches the exporter
+            logger.debug("otel-workflow could not convert spans", exc_info=True)
+            parts, rejected = [], len(accepted)
+        lost = 0
+        with self._condition:
+            self._converting -= len(accepted)
+            if self._closed or self._gave_up or self._abandoned:  # nobody writes them any more
+                lost = sum(part.count for part in parts)
+            elif parts:
+                self._queue.add(parts)
+                self._accepted(sum(part.count for part in parts))
+            self._condition.notify_all()  # a closing writer waits for conversions to finish
+        self.drops.add(rejected, REJECTED)
+        self.drops.add(lost, SHUTDOWN, "submitted after shutdown")
+        return rejected == 0 and lost == 0
 
     def _wake_for_live_rows(self) -> None:
         """The first span at the gate since the writer last collected: wake it (or start it)."""
@@ -521,7 +586,7 @@ class BackgroundWriter:
                     in_flight = None if self._in_flight_committed else self._in_flight
                     for part in (self._queue, in_flight):
                         if part is not None:
-                            lost_spans += len(part.spans)
+                            lost_spans += part.spans
                             lost_running += len(part.running)
                     self._queue, self._in_flight = _Queue(), None
                     self._completed = self._submitted
@@ -570,7 +635,9 @@ class BackgroundWriter:
                 # closes; a connection left open at interpreter exit aborts the process.
                 if self._abandoned or (self._parked and not self._closing) or self._closed:
                     return None
-                if self._queue or self.live_rows.spans or self._closing or self._flush_wanted or self._forget:
+                # Closing: the final write waits for spans being converted (they come with a notify).
+                closing = self._closing and not self._converting
+                if self._queue or self.live_rows.spans or closing or self._flush_wanted or self._forget:
                     break
                 if not self._sink_keeps:
                     self._condition.wait()
@@ -590,14 +657,10 @@ class BackgroundWriter:
             if self._parked and not self._closing:
                 return None
             self._collect_started()
-            queue = self._queue
-            if len(queue.spans) > self._batch_size:
-                # A backlog is written in cycles of at most `batch_size` spans: converting all of it in one
-                # go held it twice in memory at once (benchmarks/memory.py). Live rows all go first.
-                batch = _Queue(queue.spans[: self._batch_size], queue.running)
-                self._queue = _Queue(queue.spans[self._batch_size :], [])
-            else:
-                batch, self._queue = queue, _Queue()
+            # A backlog is written in cycles of about `batch_size` spans: importing all of it into pyarrow
+            # in one go held it twice in memory at once (benchmarks/memory.py). Live rows all go first.
+            batch, self._queue = self._queue.split(self._batch_size)
+            if not self._queue:
                 self._flush_wanted = False
             forget, self._forget = list(dict.fromkeys(self._forget[-_TRACKED_EXECUTIONS:])), []
             self._in_flight, self._in_flight_committed = batch, False
@@ -639,7 +702,7 @@ class BackgroundWriter:
                 return
             try:
                 rejected = self._sink.write(
-                    batch.spans, batch.running, final=closing, forget=forget, commit=self._commit
+                    batch.finished, batch.running, final=closing, forget=forget, commit=self._commit
                 )
             except RetryLater as exc:
                 if not self._retry_later(batch, forget, closing, backoff):
@@ -652,9 +715,9 @@ class BackgroundWriter:
                 with self._condition:
                     if self._abandoned:
                         return
-                    self._failed(batch.spans, forget)
+                    self._failed(batch.finished, forget)
                 # Counted (and logged) before flush() can return: whoever waits sees the drop.
-                self.drops.add(len(batch.spans), WRITE_FAILED, _one_line(exc))
+                self.drops.add(batch.spans, WRITE_FAILED, _one_line(exc))
                 self.drops.add_live_rows(len(batch.running))
                 with self._condition:
                     self._done(batch)
@@ -673,7 +736,7 @@ class BackgroundWriter:
             self.drops.report_due()
             if closing:
                 with self._condition:
-                    if not self._queue:
+                    if not self._queue and not self._converting:
                         return
 
     def _ask_sink(self, idle_s: float) -> None:
@@ -691,7 +754,7 @@ class BackgroundWriter:
             self._collect_started()
             rest, self._queue = self._queue, _Queue()
             self._gave_up = True
-        self.drops.add(len(batch.spans) + len(rest.spans), SHUTDOWN, why)
+        self.drops.add(batch.spans + rest.spans, SHUTDOWN, why)
         self.drops.add_live_rows(len(batch.running) + len(rest.running))
         with self._condition:
             self._done(batch)
@@ -714,23 +777,32 @@ class BackgroundWriter:
                 return False
             # Put the batch back in front: it stays counted against the bound and keeps its order.
             self._in_flight = None
-            self._queue = _Queue(batch.spans + self._queue.spans, batch.running + self._queue.running)
+            self._queue = batch.then(self._queue)
             self._forget = forget + self._forget
             if closing or not self._closing:  # close() since the batch was taken: retry at once, as final
                 wait = backoff if deadline is None else min(backoff, max(0.0, deadline - time.monotonic()))
                 self._condition.wait(wait)  # close() wakes it early
             return True
 
-    def _failed(self, spans: Sequence[ReadableSpan], forget: list[str]) -> None:
+    def _failed(self, finished: list[FinishedSpans], forget: list[str]) -> None:
         """With the lock held: a batch was lost; the rest of its executions is dropped too (kept whole)."""
         self._forget = forget + self._forget
-        for execution_id, ends in set(span_owners(spans)):
+        owners = {owner for part in finished for owner in _owners(part)}
+        for execution_id, ends in owners:
             if execution_id is None:
                 continue
             self._partial.pop(execution_id, None)
             if not ends:
                 _remember(self._refused, execution_id)
             self._forget.append(execution_id)
+
+
+def _owners(part: FinishedSpans) -> list[tuple[str | None, bool]]:
+    try:
+        return part.owners()
+    except Exception:  # tables that cannot be read: nothing to keep whole
+        logger.debug("otel-workflow could not read a lost batch's executions", exc_info=True)
+        return []
 
 
 def _one_line(exc: BaseException) -> str:

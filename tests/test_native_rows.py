@@ -64,7 +64,23 @@ def assert_same_rows(spans: list[ReadableSpan]) -> SpanBatch:
         ours, reference = getattr(native, table), getattr(python, table)
         assert ours.schema == reference.schema
         assert ours.to_pylist() == reference.to_pylist(), table
+    assert_batch_splits(native, spans)
     return native
+
+
+def assert_batch_splits(batch: SpanBatch, spans: list[ReadableSpan]) -> None:
+    """What the writer reads from converted rows, once the span objects are gone: each span's owner,
+    and halves (where the database refused a batch) that keep every event and link with its span."""
+    assert batch.owners() == [owner_of(span) for span in spans if span.context is not None]
+    first, rest = batch.halves()
+    assert first.spans.num_rows == batch.spans.num_rows // 2
+    whole = SpanBatch.concat([first, rest])
+    for table in ("spans", "events", "links"):
+        assert getattr(whole, table).to_pylist() == getattr(batch, table).to_pylist(), table
+    for half in (first, rest):
+        keys = set(zip(half.spans["trace_id"].to_pylist(), half.spans["span_id"].to_pylist(), strict=True))
+        for table in (half.events, half.links):
+            assert set(zip(table["trace_id"].to_pylist(), table["span_id"].to_pylist(), strict=True)) <= keys
 
 
 def test_the_extension_is_built_where_ci_requires_it() -> None:
