@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -774,3 +776,23 @@ def test_closed_scopes_leave_nothing_in_the_context(traced: Traced) -> None:
     held = len(contextvars.copy_context())
     runs(50)
     assert len(contextvars.copy_context()) == held
+
+
+def test_spans_waiting_for_their_live_rows_are_not_kept_alive(tmp_path: Path) -> None:
+    # The gate holds weak references: a span that ends before the writer looks needs no live row, and
+    # kept alive until then it would make every garbage collection of the application walk it.
+    with TraceStore(tmp_path / "live.duckdb", flush_interval_s=60.0) as store:
+        provider = TracerProvider(shutdown_on_exit=False)
+        provider.add_span_processor(WorkflowSpanProcessor(store))
+        wf = WorkflowTracer(WORKFLOW_ID, tracer_provider=provider)
+        with wf.execution() as run, wf.step("quick") as step:
+            alive = [weakref.ref(run.span), weakref.ref(step.span)]
+        assert len(store.live_rows.spans) == 2  # still waiting: the writer lingers up to a minute
+        del run, step
+        gc.collect()
+        assert [ref() for ref in alive] == [None, None]
+        with wf.execution() as running:
+            assert store.flush(timeout_s=30)
+            [(span_id, status)] = store.sql("SELECT span_id, status FROM workflow_executions")
+            assert (span_id, status) == (format_span_id(running.span.get_span_context().span_id), "running")
+        provider.shutdown()
