@@ -525,6 +525,8 @@ def span_owners(spans: Sequence[ReadableSpan]) -> list[tuple[str | None, bool]]:
         except Exception:  # an odd value: Python tells, span by span
             pass
         else:
+            if None not in found:
+                return found  # type: ignore[return-value]  # no span left to Python
             return [
                 owner_of(span) if owner is None else owner for span, owner in zip(listed, found, strict=True)
             ]

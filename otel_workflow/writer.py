@@ -242,6 +242,17 @@ class _Queue:
         return _Queue(self.finished + later.finished, self.running + later.running, self.spans + later.spans)
 
 
+@dataclass(slots=True)
+class _Admitted:
+    """What the overload policy dropped of one submission, and why."""
+
+    dropped: int
+    whole: int = 0
+    incomplete: int = 0
+    reason: str = QUEUE_FULL
+    detail: str | None = None
+
+
 def _remember(keys: dict[str, None], key: str) -> None:
     if key not in keys:
         keys[key] = None
@@ -417,56 +428,89 @@ class BackgroundWriter:
             return True
         owners = span_owners(spans)  # outside the lock: producers never wait for this
         accepted: list[ReadableSpan] = []
-        dropped = whole = incomplete = evicted = 0
+        evicted = 0
         with self._condition:
             self._collect_started()
             if self._closed or self._closing:
-                reason, detail = SHUTDOWN, "submitted after shutdown"
-                dropped = len(spans)
+                admitted = _Admitted(len(spans), reason=SHUTDOWN, detail="submitted after shutdown")
             else:
-                reason, detail = QUEUE_FULL, None
-                size, soft, hard = self._size(), self._soft_limit, self._max_queued
-                if size + len(spans) > soft and self._queue.running:
+                size = self._size()
+                if size + len(spans) > self._soft_limit and self._queue.running:
                     # Live rows go first: they only show progress, finished spans are the record.
                     evicted = len(self._queue.running)
                     self._queue.running = []
                     self._completed += evicted
                     size -= evicted
                     self._condition.notify_all()
-                partial, refused = self._partial, self._refused
-                for span, (execution_id, ends) in zip(spans, owners, strict=True):
-                    if execution_id is None:
-                        ok = size < soft
-                    elif execution_id in refused:
-                        ok = False
-                        if ends:
-                            del refused[execution_id]
-                    elif size < soft or (size < hard and execution_id in partial):
-                        ok = True
-                        if ends:
-                            partial.pop(execution_id, None)
-                        else:
-                            _remember(partial, execution_id)
-                    else:
-                        ok = False
-                        if partial.pop(execution_id, 0) is None:
-                            incomplete += 1
-                        else:
-                            whole += 1
-                        if not ends:
-                            _remember(refused, execution_id)
-                        self._forget.append(execution_id)
-                    if ok:
-                        accepted.append(span)
-                        size += 1
-                    else:
-                        dropped += 1
+                if not self._refused and size + len(spans) <= self._soft_limit:
+                    # The usual case, room for all and no execution refused: only the bookkeeping.
+                    accepted = list(spans)
+                    self._note_open(owners)
+                    admitted = _Admitted(0)
+                else:
+                    admitted = self._admit_each(spans, owners, size, accepted)
                 self._converting += len(accepted)
         if evicted:
             self.drops.add_live_rows(evicted)
-        if dropped:
-            self.drops.add(dropped, reason, detail, whole=whole, incomplete=incomplete)
-        return self._queue_converted(accepted) and dropped == 0
+        if admitted.dropped:
+            self.drops.add(
+                admitted.dropped,
+                admitted.reason,
+                admitted.detail,
+                whole=admitted.whole,
+                incomplete=admitted.incomplete,
+            )
+        return self._queue_converted(accepted) and admitted.dropped == 0
+
+    def _note_open(self, owners: list[tuple[str | None, bool]]) -> None:
+        """With the lock held: note which executions have spans accepted before their own span."""
+        partial = self._partial
+        for execution_id, ends in owners:
+            if execution_id is None:
+                continue
+            if ends:
+                partial.pop(execution_id, None)
+            elif execution_id not in partial:
+                _remember(partial, execution_id)
+
+    def _admit_each(
+        self,
+        spans: Sequence[ReadableSpan],
+        owners: list[tuple[str | None, bool]],
+        size: int,
+        accepted: list[ReadableSpan],
+    ) -> _Admitted:
+        """With the lock held: the overload policy (module docstring), span by span."""
+        admitted = _Admitted(0)
+        partial, refused, soft, hard = self._partial, self._refused, self._soft_limit, self._max_queued
+        for span, (execution_id, ends) in zip(spans, owners, strict=True):
+            if execution_id is None:
+                ok = size < soft
+            elif execution_id in refused:
+                ok = False
+                if ends:
+                    del refused[execution_id]
+            elif size < soft or (size < hard and execution_id in partial):
+                ok = True
+                if ends:
+                    partial.pop(execution_id, None)
+                else:
+                    _remember(partial, execution_id)
+            else:
+                ok = False
+                if partial.pop(execution_id, 0) is None:
+                    admitted.incomplete += 1
+                else:
+                    admitted.whole += 1
+                if not ends:
+                    _remember(refused, execution_id)
+                self._forget.append(execution_id)
+            if ok:
+                accepted.append(span)
+                size += 1
+            else:
+                admitted.dropped += 1
+        return admitted
 
     def _queue_converted(self, accepted: list[ReadableSpan]) -> bool:
         """Convert the accepted spans (outside the lock: the writer and other producers go on) and queue
