@@ -14,6 +14,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <errno.h>
 #include <limits.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -33,6 +34,26 @@ struct ArrowArray {
     struct ArrowArray **children;
     struct ArrowArray *dictionary;
     void (*release)(struct ArrowArray *);
+    void *private_data;
+};
+
+struct ArrowSchema {
+    const char *format;
+    const char *name;
+    const char *metadata;
+    int64_t flags;
+    int64_t n_children;
+    struct ArrowSchema **children;
+    struct ArrowSchema *dictionary;
+    void (*release)(struct ArrowSchema *);
+    void *private_data;
+};
+
+struct ArrowArrayStream {
+    int (*get_schema)(struct ArrowArrayStream *, struct ArrowSchema *out);
+    int (*get_next)(struct ArrowArrayStream *, struct ArrowArray *out);
+    const char *(*get_last_error)(struct ArrowArrayStream *);
+    void (*release)(struct ArrowArrayStream *);
     void *private_data;
 };
 
@@ -315,6 +336,132 @@ static PyObject *export_batch(Column *columns, int count, int64_t rows) {
     if (capsule == NULL) {
         release_parent(parent);
         free(parent);
+    }
+    return capsule;
+}
+
+/* ---- many record batches as one ArrowArrayStream ----
+ * pyarrow lets go of the GIL for each import; a thread that lets go of it waits up to a switch interval
+ * (5 ms) to get it back from a busy application. Imported one by one, the parts of a write cycle (512
+ * spans each, from the exporter) cost the writer hundreds of such waits; as one stream, two per table.
+ */
+typedef struct {
+    struct ArrowSchema schema; /* moved in; handed out (moved) by the one get_schema it answers */
+    struct ArrowArray *arrays; /* moved in */
+    Py_ssize_t count, next;
+} StreamData;
+
+static int stream_get_schema(struct ArrowArrayStream *stream, struct ArrowSchema *out) {
+    StreamData *data = (StreamData *)stream->private_data;
+    if (data->schema.release == NULL) {
+        return EINVAL; /* asked twice: pyarrow asks once */
+    }
+    *out = data->schema;
+    data->schema.release = NULL;
+    return 0;
+}
+
+static int stream_get_next(struct ArrowArrayStream *stream, struct ArrowArray *out) {
+    StreamData *data = (StreamData *)stream->private_data;
+    if (data->next >= data->count) {
+        out->release = NULL; /* the end */
+        return 0;
+    }
+    *out = data->arrays[data->next];
+    data->arrays[data->next].release = NULL;
+    data->next++;
+    return 0;
+}
+
+static const char *stream_get_last_error(struct ArrowArrayStream *stream) {
+    (void)stream;
+    return NULL;
+}
+
+static void stream_release(struct ArrowArrayStream *stream) {
+    StreamData *data = (StreamData *)stream->private_data;
+    for (Py_ssize_t i = data->next; i < data->count; i++) {
+        if (data->arrays[i].release != NULL) {
+            data->arrays[i].release(&data->arrays[i]);
+        }
+    }
+    if (data->schema.release != NULL) {
+        data->schema.release(&data->schema);
+    }
+    free(data->arrays);
+    free(data);
+    stream->release = NULL;
+}
+
+static void stream_capsule_destructor(PyObject *capsule) {
+    struct ArrowArrayStream *stream = (struct ArrowArrayStream *)PyCapsule_GetPointer(capsule, "arrow_array_stream");
+    if (stream == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    if (stream->release != NULL) {
+        stream->release(stream);
+    }
+    free(stream);
+}
+
+/*
+ * stream(arrays: list of "arrow_array" capsules, schema: "arrow_schema" capsule) -> "arrow_array_stream"
+ * capsule of those record batches, in order. Moves the arrays and the schema out of their capsules (which
+ * are then empty: each capsule is read once).
+ */
+static PyObject *stream(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "stream(arrays: list, schema: capsule)");
+        return NULL;
+    }
+    PyObject *list = args[0];
+    Py_ssize_t count = PyList_GET_SIZE(list);
+    struct ArrowSchema *schema = (struct ArrowSchema *)PyCapsule_GetPointer(args[1], "arrow_schema");
+    if (schema == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        struct ArrowArray *array = (struct ArrowArray *)PyCapsule_GetPointer(PyList_GET_ITEM(list, i), "arrow_array");
+        if (array == NULL) {
+            return NULL;
+        }
+        if (array->release == NULL) {
+            PyErr_SetString(PyExc_ValueError, "an array capsule that was already read");
+            return NULL;
+        }
+    }
+    if (schema->release == NULL) {
+        PyErr_SetString(PyExc_ValueError, "a schema capsule that was already read");
+        return NULL;
+    }
+    struct ArrowArrayStream *out = calloc(1, sizeof(struct ArrowArrayStream));
+    StreamData *data = calloc(1, sizeof(StreamData));
+    struct ArrowArray *arrays = calloc((size_t)(count ? count : 1), sizeof(struct ArrowArray));
+    if (out == NULL || data == NULL || arrays == NULL) {
+        free(out);
+        free(data);
+        free(arrays);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        struct ArrowArray *array = (struct ArrowArray *)PyCapsule_GetPointer(PyList_GET_ITEM(list, i), "arrow_array");
+        arrays[i] = *array;
+        array->release = NULL;
+    }
+    data->schema = *schema;
+    schema->release = NULL;
+    data->arrays = arrays;
+    data->count = count;
+    out->get_schema = stream_get_schema;
+    out->get_next = stream_get_next;
+    out->get_last_error = stream_get_last_error;
+    out->release = stream_release;
+    out->private_data = data;
+    PyObject *capsule = PyCapsule_New(out, "arrow_array_stream", stream_capsule_destructor);
+    if (capsule == NULL) {
+        stream_release(out);
+        free(out);
     }
     return capsule;
 }
@@ -1244,8 +1391,8 @@ done:
 }
 
 /*
- * finished(spans: list, types: set, describe_resource) -> (spans, events, links, rows): three
- * "arrow_array" capsules and the number of span rows. Raises Unsupported (a span whose type is not in `types`, or not shaped like the SDK's) or
+ * finished(spans: list, types: set, describe_resource) -> (spans, events, links, span_rows, event_rows,
+ * link_rows): three "arrow_array" capsules and their lengths. Raises Unsupported (a span whose type is not in `types`, or not shaped like the SDK's) or
  * any error a value caused; the caller then converts the slice in Python.
  */
 static PyObject *finished(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
@@ -1282,10 +1429,9 @@ static PyObject *finished(PyObject *module, PyObject *const *args, Py_ssize_t na
     PyObject *span_batch = export_batch(b.spans, S_COUNT, b.span_rows);
     PyObject *event_batch = span_batch ? export_batch(b.events, E_COUNT, b.event_rows) : NULL;
     PyObject *link_batch = event_batch ? export_batch(b.links, L_COUNT, b.link_rows) : NULL;
-    PyObject *rows = link_batch ? PyLong_FromSsize_t((Py_ssize_t)b.span_rows) : NULL;
-    if (rows != NULL) {
-        result = PyTuple_Pack(4, span_batch, event_batch, link_batch, rows);
-        Py_DECREF(rows);
+    if (link_batch != NULL) {
+        result = Py_BuildValue("(OOOLLL)", span_batch, event_batch, link_batch, (long long)b.span_rows,
+                               (long long)b.event_rows, (long long)b.link_rows);
     }
     Py_XDECREF(span_batch);
     Py_XDECREF(event_batch);
@@ -1363,6 +1509,8 @@ static PyMethodDef methods[] = {
     {"finished", (PyCFunction)(void (*)(void))finished, METH_FASTCALL,
      "Finished SDK spans -> Arrow arrays (spans, events, links) as capsules."},
     {"owners", (PyCFunction)owners, METH_O, "Finished spans -> (execution id, ends it) or None each."},
+    {"stream", (PyCFunction)(void (*)(void))stream, METH_FASTCALL,
+     "Record batch capsules and a schema capsule -> one ArrowArrayStream capsule."},
     {NULL, NULL, 0, NULL},
 };
 

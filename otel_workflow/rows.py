@@ -304,14 +304,19 @@ class ConvertedSpans:
     fell behind, with spans piling up in the BatchSpanProcessor's queue instead.
     """
 
-    __slots__ = ("_made", "_tables", "count")
+    __slots__ = ("_child_rows", "_made", "_tables", "count")
 
     def __init__(
-        self, count: int, made: tuple[object, object, object] | None, tables: SpanBatch | None
+        self,
+        count: int,
+        made: tuple[object, object, object] | None,
+        tables: SpanBatch | None,
+        child_rows: tuple[int, int] = (0, 0),
     ) -> None:
         self.count = count
         self._made = made
         self._tables = tables
+        self._child_rows = child_rows  # events and links in `made`
 
     @classmethod
     def of(cls, tables: SpanBatch) -> ConvertedSpans:
@@ -332,6 +337,33 @@ class ConvertedSpans:
             ]
             self._tables = SpanBatch(spans=tables[0], events=tables[1], links=tables[2])
         return self._tables
+
+
+def tables_of(parts: Sequence[ConvertedSpans]) -> SpanBatch:
+    """All the rows of `parts` (at least one), in order, as one batch.
+
+    What the C converter made goes to pyarrow as one stream per table (`_spanrows.stream`): imported
+    part by part, each import let go of the GIL, and the writer waited a switch interval to take it
+    back, hundreds of times per write cycle while the application was busy.
+    """
+    pending = [part for part in parts if part._made is not None]
+    if len(pending) < 2:
+        return SpanBatch.concat([part.tables() for part in parts])
+    tables = []
+    for index, schema in enumerate((SPANS_SCHEMA, EVENTS_SCHEMA, LINKS_SCHEMA)):
+        arrays = [part._made[index] for part in pending if part._made is not None]
+        stream = _spanrows.stream(arrays, schema.__arrow_c_schema__())
+        tables.append(pa.RecordBatchReader._import_from_c_capsule(stream).read_all())
+    # Each part keeps its own rows (zero-copy slices), for a retry or for halving the batch.
+    offsets = [0, 0, 0]
+    for part in pending:
+        sizes = (part.count, *part._child_rows)
+        part._tables = SpanBatch(*(table.slice(offsets[i], sizes[i]) for i, table in enumerate(tables)))
+        part._made = None
+        offsets = [offset + size for offset, size in zip(offsets, sizes, strict=True)]
+    if len(pending) == len(parts):
+        return SpanBatch(spans=tables[0], events=tables[1], links=tables[2])
+    return SpanBatch.concat([part.tables() for part in parts])
 
 
 class SpanConverter:
@@ -552,7 +584,7 @@ def _native_made(
     """What the C converter made, or None where the Python loop must make it."""
     while True:
         try:
-            spans_array, events_array, links_array, rows = _spanrows.finished(
+            spans_array, events_array, links_array, rows, event_rows, link_rows = _spanrows.finished(
                 spans, _NATIVE_TYPES, describe_resource
             )
         except _spanrows.Unsupported as exc:
@@ -562,7 +594,7 @@ def _native_made(
         except Exception:
             # An odd value: the Python loop gives its rows, or the error that isolates the span.
             return None
-        return ConvertedSpans(rows, (spans_array, events_array, links_array), None)
+        return ConvertedSpans(rows, (spans_array, events_array, links_array), None, (event_rows, link_rows))
 
 
 def _configure_native() -> None:

@@ -301,17 +301,18 @@ WHERE s.workflow_role IS NOT NULL AND s.execution_id IS NOT NULL;
 """
 
 
-def derive(connection: duckdb.DuckDBPyConnection, source: str) -> None:
-    """Add the execution and step rows of the spans in relation `source` (new spans only)."""
-    connection.execute(_DERIVE_EXECUTIONS.format(source=source))
-    connection.execute(_DERIVE_STEPS.format(source=source))
+def derive_statements(source: str) -> list[str]:
+    """The statements that add the execution and step rows of the spans in relation `source` (new
+    spans only)."""
+    return [_DERIVE_EXECUTIONS.format(source=source), _DERIVE_STEPS.format(source=source)]
 
 
 def rebuild_derived(connection: duckdb.DuckDBPyConnection) -> None:
     """Recompute `executions` and `steps` from the raw `spans` (in the caller's transaction)."""
     connection.execute("DELETE FROM executions")
     connection.execute("DELETE FROM steps")
-    derive(connection, "spans")
+    for statement in derive_statements("spans"):
+        connection.execute(statement)
 
 
 def ensure_schema(connection: duckdb.DuckDBPyConnection) -> None:

@@ -38,8 +38,15 @@ import pyarrow.compute as pc
 from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_workflow import queries
-from otel_workflow.rows import ConvertedSpans, SpanBatch, SpanConverter, prepare_conversion, running_rows
-from otel_workflow.schema import SchemaVersionError, derive, ensure_schema, rebuild_derived
+from otel_workflow.rows import (
+    ConvertedSpans,
+    SpanBatch,
+    SpanConverter,
+    prepare_conversion,
+    running_rows,
+    tables_of,
+)
+from otel_workflow.schema import SchemaVersionError, derive_statements, ensure_schema, rebuild_derived
 from otel_workflow.writer import BackgroundWriter, LiveRowGate, RetryLater
 
 logger = logging.getLogger("otel_workflow")
@@ -705,7 +712,7 @@ class TraceStore:
         forget: Sequence[str],
         commit: Callable[[Callable[[], object]], None] | None,
     ) -> int:
-        batch = SpanBatch.concat([part.tables() for part in finished]) if finished else None
+        batch = tables_of(finished) if finished else None
         live = self._running_rows(running)
         if batch is None and live is None and not final and not forget:
             return 0
@@ -715,17 +722,24 @@ class TraceStore:
             with self._writer_connection(keep=not final) as connection:
                 if recreate:
                     ensure_schema(connection)
+                # The statements go to DuckDB in one script: each call lets go of the GIL and must take it
+                # back, which waits up to a switch interval (5 ms) while the application runs Python.
                 connection.execute("BEGIN TRANSACTION")
                 try:
+                    script: list[str] = []
                     if live is not None:
                         connection.register("_running_batch", live)
-                        connection.execute(
-                            "INSERT INTO running_spans SELECT *, ?, ?, NULL FROM _running_batch",
-                            [self._writer_id, os.getpid()],
+                        # Both values are ours (a UUID and a number): safe to write into the statement.
+                        script.append(
+                            f"INSERT INTO running_spans SELECT *, '{self._writer_id}', {os.getpid()}, NULL "
+                            "FROM _running_batch"
                         )
-                        connection.unregister("_running_batch")
                     if batch is not None:
-                        _insert_finished(connection, batch)
+                        script += _insert_finished(connection, batch)
+                    if script:
+                        connection.execute(";\n".join(script))
+                    for name in ("_running_batch", *_BATCH_VIEWS):
+                        connection.unregister(name)
                     if forget:
                         # Executions the writer dropped: their live rows must not show them running forever.
                         connection.execute(
@@ -948,7 +962,8 @@ class TraceStore:
         return f"TraceStore({self.path!r}, {mode})"
 
 
-def _insert_finished(connection: duckdb.DuckDBPyConnection, batch: SpanBatch) -> None:
+def _insert_finished(connection: duckdb.DuckDBPyConnection, batch: SpanBatch) -> list[str]:
+    """Register the batch's tables (`_BATCH_VIEWS`) and return the statements that store what is new."""
     spans, events, links = batch.spans, batch.events, batch.links
     if pc.count_distinct(spans.column("span_id")).as_py() < spans.num_rows:
         # The same span twice in one batch (exported twice before the writer ran): keep one of each.
@@ -959,49 +974,51 @@ def _insert_finished(connection: duckdb.DuckDBPyConnection, batch: SpanBatch) ->
     # A re-exported span has the same start time: bounding the check by the batch's start times lets
     # DuckDB skip row groups by their min/max instead of reading every stored span id. As epoch seconds,
     # widened by a second and clamped to what a timestamp can hold: the bounds only prune, and a clock
-    # far off (year 10000) must not fail the batch.
-    window = [
-        _epoch_bound(bounds["min"].cast(pa.int64()).as_py(), -1.0),
-        _epoch_bound(bounds["max"].cast(pa.int64()).as_py(), 1.0),
-    ]
-    stored = "SELECT 1 FROM spans s WHERE s.start_time BETWEEN to_timestamp(?) AND to_timestamp(?) " + (
+    # far off (year 10000) must not fail the batch. Numbers: safe to write into the statements.
+    low = _epoch_bound(bounds["min"].cast(pa.int64()).as_py(), -1.0)
+    high = _epoch_bound(bounds["max"].cast(pa.int64()).as_py(), 1.0)
+    stored = (
+        f"SELECT 1 FROM spans s WHERE s.start_time BETWEEN to_timestamp({low!r}) AND to_timestamp({high!r}) "
         "AND s.span_id = b.span_id AND s.trace_id = b.trace_id"
     )
     connection.register("_span_batch", spans)
-    found = connection.execute(f"SELECT EXISTS (SELECT 1 FROM _span_batch b WHERE EXISTS ({stored}))", window)
+    connection.register("_event_batch", events)
+    connection.register("_link_batch", links)
+    found = connection.execute(f"SELECT EXISTS (SELECT 1 FROM _span_batch b WHERE EXISTS ({stored}))")
     row = found.fetchone()
+    script: list[str] = []
     if row is not None and not row[0]:
         # The usual case, every span new: straight from the Arrow batch, without a copy.
         source = "_span_batch"
     else:
-        connection.execute(
-            "CREATE OR REPLACE TEMP TABLE _new_spans AS "
-            f"SELECT b.* FROM _span_batch b WHERE NOT EXISTS ({stored})",
-            window,
-        )
         source = "_new_spans"
-    connection.execute(f"INSERT INTO spans SELECT * FROM {source}")
-    derive(connection, source)
-    for table, name in ((events, "span_events"), (links, "span_links")):
+        script.append(
+            "CREATE OR REPLACE TEMP TABLE _new_spans AS "
+            f"SELECT b.* FROM _span_batch b WHERE NOT EXISTS ({stored})"
+        )
+    script.append(f"INSERT INTO spans SELECT * FROM {source}")
+    script += derive_statements(source)
+    for table, view, name in ((events, "_event_batch", "span_events"), (links, "_link_batch", "span_links")):
         if table.num_rows == 0:
             continue
-        connection.register("_child_batch", table)
         if source == "_span_batch":
-            connection.execute(f"INSERT INTO {name} SELECT * FROM _child_batch")
+            script.append(f"INSERT INTO {name} SELECT * FROM {view}")
         else:
-            connection.execute(
-                f"INSERT INTO {name} SELECT c.* FROM _child_batch c SEMI JOIN _new_spans n "
+            script.append(
+                f"INSERT INTO {name} SELECT c.* FROM {view} c SEMI JOIN _new_spans n "
                 "ON n.span_id = c.span_id AND n.trace_id = c.trace_id"
             )
-        connection.unregister("_child_batch")
     if source == "_new_spans":
-        connection.execute("DROP TABLE _new_spans")
-    connection.execute(
+        script.append("DROP TABLE _new_spans")
+    script.append(
         "DELETE FROM running_spans r USING _span_batch e "
         "WHERE r.span_id = e.span_id AND r.trace_id = e.trace_id"
     )
-    connection.unregister("_span_batch")
+    return script
 
+
+# What `_insert_finished` registers, unregistered after its statements ran.
+_BATCH_VIEWS: Final = ("_span_batch", "_event_batch", "_link_batch")
 
 _CONVERT_SLICE: Final = 4096
 

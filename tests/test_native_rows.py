@@ -28,7 +28,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 
 from otel_workflow import conventions as cv
 from otel_workflow import rows
-from otel_workflow.rows import SpanBatch, SpanConverter, owner_of, running_rows
+from otel_workflow.rows import ConvertedSpans, SpanBatch, SpanConverter, owner_of, running_rows
 
 pytestmark = pytest.mark.skipif(
     not SpanConverter().native and not os.environ.get("OTEL_WORKFLOW_REQUIRE_NATIVE"),
@@ -415,3 +415,36 @@ def test_the_batches_are_ordinary_arrow_tables() -> None:
     batch.spans.validate(full=True)
     batch.events.validate(full=True)
     batch.links.validate(full=True)
+
+
+def test_parts_imported_together_keep_their_own_rows() -> None:
+    # The writer imports a cycle's parts as one stream per table (rows.tables_of); each part must still
+    # give its own rows after that, for a retry or for halving a batch the database refused.
+    plans = [
+        {
+            "name": f"span-{number}",
+            "kind": SpanKind.INTERNAL,
+            "attributes": {"n": number},
+            "events": [("tick", {"i": index}) for index in range(number % 3)],
+            "links": number % 2,
+            "status": None,
+            "description": None,
+            "child": False,
+        }
+        for number in range(200)
+    ]
+    spans = record(plans, {"service.name": "parts"})
+    slices = [spans[0:70], spans[70:71], [], spans[71:150], spans[150:200]]
+    reference = [SpanConverter().finished(part) for part in slices]
+    converter = SpanConverter()
+    parts = [converter.convert(part) for part in slices]
+    parts[1].tables()  # one already imported: the others still go together
+    parts.append(ConvertedSpans.of(SpanConverter(native=False).finished(spans[:5])))
+    reference.append(SpanConverter(native=False).finished(spans[:5]))
+    together = rows.tables_of(parts)
+    whole = SpanBatch.concat(reference)
+    for table in ("spans", "events", "links"):
+        assert getattr(together, table).to_pylist() == getattr(whole, table).to_pylist(), table
+        getattr(together, table).validate(full=True)
+        for part, expected in zip(parts, reference, strict=True):
+            assert getattr(part.tables(), table).to_pylist() == getattr(expected, table).to_pylist(), table
