@@ -1,7 +1,9 @@
 """The background writer: one thread that takes queued work and hands it to the database in batches.
 
-Producers (the processor's `on_start`, the exporter's `export`) only append to
-a bounded in-memory queue and return; they never wait for I/O. What does not
+Producers only append to a bounded in-memory queue and return; they never wait
+for I/O. The processor's `on_start` appends a weak reference to the span; the
+exporter's `export` (on the BatchSpanProcessor's thread) converts its spans to
+Arrow rows first, so that the queue holds no span objects. What does not
 fit is dropped and counted; the count is logged once per interval, never once
 per span, and is also an OpenTelemetry metric (`otel_workflow.spans.dropped`).
 
