@@ -360,8 +360,13 @@ class BackgroundWriter:
         self._commit_lock = threading.Lock()
         self._queue = _Queue()
         self._in_flight: _Queue | None = None
-        # Spans accepted and being converted by their submitters (outside the lock), not queued yet.
+        # Finished spans accepted and waiting for the converter thread (see `_convert_loop`), in order;
+        # how many, and how many were handed to it and came back converted since the start.
+        self._to_convert: list[list[ReadableSpan]] = []
         self._converting = 0
+        self._convert_handed = 0
+        self._convert_done = 0
+        self._converter_running = False
         self._in_flight_committed = False
         self._submitted = 0
         self._completed = 0
@@ -451,7 +456,13 @@ class BackgroundWriter:
                     admitted = _Admitted(0)
                 else:
                     admitted = self._admit_each(spans, owners, size, accepted)
-                self._converting += len(accepted)
+                if accepted:
+                    self._converting += len(accepted)
+                    self._convert_handed += len(accepted)
+                    self._to_convert.append(accepted)
+                    if self._converter_running or self._start_converter():
+                        self._condition.notify_all()
+                        accepted = []  # the converter thread has them
         if evicted:
             self.drops.add_live_rows(evicted)
         if admitted.dropped:
@@ -462,7 +473,9 @@ class BackgroundWriter:
                 whole=admitted.whole,
                 incomplete=admitted.incomplete,
             )
-        return self._queue_converted(accepted) and admitted.dropped == 0
+        # No thread could start (interpreter exit): converted here.
+        converted = self._queue_converted(accepted) if accepted else True
+        return converted and admitted.dropped == 0
 
     def _note_open(self, owners: list[tuple[str | None, bool]]) -> None:
         """With the lock held: note which executions have spans accepted before their own span."""
@@ -514,11 +527,42 @@ class BackgroundWriter:
                 admitted.dropped += 1
         return admitted
 
+    def _start_converter(self) -> bool:
+        """With the lock held: start the converter thread; False if no thread can start."""
+        thread = threading.Thread(target=self._convert_loop, name=f"{self._name}-convert", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # Python 3.12+ refuses new threads once the interpreter is shutting down
+            return False
+        self._converter_running = True
+        return True
+
+    def _convert_loop(self) -> None:
+        """The converter thread: finished spans to Arrow rows as soon as they are accepted.
+
+        Not on the exporter's thread: that thread drains the SDK's bounded queue, and one that converts
+        falls behind when many application threads compete for the GIL (the SDK then drops spans in
+        its queue, where our overload policy cannot keep executions whole). Not on the writer thread:
+        it spends most of its time in DuckDB, and spans waiting for it that long made every garbage
+        collection of the application walk them. Here they wait only for the GIL, and each time it is
+        taken, everything pending is converted at once.
+        """
+        while True:
+            with self._condition:
+                while not self._to_convert:
+                    if self._closed:
+                        self._converter_running = False
+                        return
+                    self._condition.wait()
+                pending, self._to_convert = self._to_convert, []
+            spans = [span for accepted in pending for span in accepted]
+            del pending
+            self._queue_converted(spans)
+            del spans  # the span objects go now, not when the next ones come
+
     def _queue_converted(self, accepted: list[ReadableSpan]) -> bool:
-        """Convert the accepted spans (outside the lock: the writer and other producers go on) and queue
-        them; the span objects are not kept. False if some were rejected or came after the close."""
-        if not accepted:
-            return True
+        """Convert the accepted spans (outside the lock: the writer and producers go on) and queue them;
+        the span objects are not kept. False if some were rejected or came after the close."""
         try:
             parts, rejected = self._sink.convert(accepted)
         except Exception:  # the sink's own guard failed: a failure of ours never reaches the exporter
@@ -527,6 +571,7 @@ class BackgroundWriter:
         lost = 0
         with self._condition:
             self._converting -= len(accepted)
+            self._convert_done += len(accepted)
             if self._closed or self._gave_up or self._abandoned:  # nobody writes them any more
                 lost = sum(part.count for part in parts)
             elif parts:
@@ -573,6 +618,13 @@ class BackgroundWriter:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._condition:
             self._collect_started()
+            # Spans handed to the converter before this call: queued (and counted) once converted.
+            handed = self._convert_handed
+            while self._convert_done < handed and self._converter_running:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._condition.wait(remaining)
             target = self._submitted
             if self._completed >= target:
                 return True

@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, format_span_id
-from support import epoch_us
+from support import epoch_us, wait_until
 
 from otel_workflow import (
     DuckDBSpanExporter,
@@ -235,8 +235,13 @@ def test_exported_spans_are_not_kept_while_they_wait_to_be_written(db_path: Path
         assert exporter.export(spans) is SpanExportResult.SUCCESS
         queued = len(spans)
         del spans
-        gc.collect()
-        assert all(ref() is None for ref in alive)
+
+        def all_gone() -> bool:
+            gc.collect()
+            return all(ref() is None for ref in alive)
+
+        # Converted by the store's converter thread as soon as it gets the GIL, then freed.
+        wait_until(all_gone, timeout_s=10.0, what="the exported spans to be converted and freed")
         assert store.queued == queued  # the writer waits for more (up to a minute): not written yet
         assert exporter.force_flush() is True
         assert counts(store) == expected
