@@ -1,9 +1,9 @@
 """`DuckDBSpanExporter`: the SpanExporter that stores finished spans in a `TraceStore`.
 
 Use it behind the SDK's `BatchSpanProcessor`, like any exporter. `export()`
-converts the batch to Arrow rows (in C, about 2-5 us per span, on the calling
-thread) and hands them to the store's background writer, which does all the
-I/O; none of its methods raises into the SDK. A batch the store cannot accept whole (queue
+hands the batch to the store's background writer (its converter thread makes
+Arrow rows of it at once, its writer thread does all the I/O) and returns;
+none of its methods raises into the SDK. A batch the store cannot accept whole (queue
 full, after shutdown) is reported as FAILURE and what was left out is counted
 by the store, which logs drops once per interval rather than once per span.
 `shutdown()` is bounded: it takes the time the BatchSpanProcessor passes it,

@@ -296,12 +296,11 @@ def _span_keys(table: pa.Table) -> pa.Array[Any]:
 class ConvertedSpans:
     """Finished spans converted for the write queue, which then holds no span objects.
 
-    Made on the exporter's thread, so that the spans go as soon as the exporter lets go of them:
+    Made by the writer's converter thread as soon as spans are exported, so that they go at once:
     span objects kept alive until the writer's next cycle made every garbage collection of the
-    application walk them. What the C converter makes is handed to pyarrow later, by the writer
-    (`tables`): pyarrow lets go of the GIL while it imports, and a thread that lets go of it waits
-    a switch interval (5 ms) to get it back from a busy application, so an exporter that imported
-    fell behind, with spans piling up in the BatchSpanProcessor's queue instead.
+    application walk them. What the C converter makes is handed to pyarrow later, by the writer,
+    all of a cycle together (`tables_of`): pyarrow lets go of the GIL while it imports, and a thread
+    that lets go of it waits up to a switch interval (5 ms) to get it back from a busy application.
     """
 
     __slots__ = ("_child_rows", "_made", "_tables", "count")

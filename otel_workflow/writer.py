@@ -2,8 +2,8 @@
 
 Producers only append to a bounded in-memory queue and return; they never wait
 for I/O. The processor's `on_start` appends a weak reference to the span; the
-exporter's `export` (on the BatchSpanProcessor's thread) converts its spans to
-Arrow rows first, so that the queue holds no span objects. What does not
+exporter's `export` hands finished spans to a converter thread, which turns
+them into Arrow rows at once, so that the queue holds no span objects. What does not
 fit is dropped and counted; the count is logged once per interval, never once
 per span, and is also an OpenTelemetry metric (`otel_workflow.spans.dropped`).
 
