@@ -37,8 +37,8 @@ What is timed, per method, on a fresh DuckDB file (tempfile directory) created b
     executemany: `conn.executemany("INSERT INTO <table> VALUES (?, ...)", tuples)`, on only
                 the first `--executemany-spans` spans (default 1,024), since it is slow.
     arrow-store (only with --with-store, informational): the Arrow batch through the
-                store's own `otel_workflow.store._insert_finished` (skips re-exported spans,
-                clears `running_spans`), i.e. what the package's writer runs today.
+                store's own `otel_workflow.store._insert_finished` statements (skips re-exported
+                spans, clears `running_spans`), run as one script the way the package's writer does.
 - end-to-end = convert + insert, i.e. span objects -> rows committed.
 
 Rates are `rows/s` of table rows committed (each span is one `spans` row plus one
@@ -357,7 +357,7 @@ def run_arrow_store(conn: duckdb.DuckDBPyConnection, batches: Sequence[Sequence[
         batch = converter.finished(spans)
         t1 = clock()
         conn.execute("BEGIN TRANSACTION")
-        _insert_finished(conn, batch)
+        conn.execute(";\n".join(_insert_finished(conn, batch)))  # the statements, as one script
         conn.execute("COMMIT")
         t2 = clock()
         timing.convert_ns += t1 - t0
