@@ -355,7 +355,10 @@ class BackgroundWriter:
         os.register_at_fork(after_in_child=after_fork)
 
     def _init_state(self) -> None:
-        self._condition = threading.Condition(threading.Lock())
+        lock = threading.Lock()
+        self._condition = threading.Condition(lock)
+        # The converter thread's own, so that handing it spans does not wake the writer each time.
+        self._convert_ready = threading.Condition(lock)
         # Held around "still wanted? then COMMIT", so that close() cannot give up on a batch mid-commit.
         self._commit_lock = threading.Lock()
         self._queue = _Queue()
@@ -429,8 +432,8 @@ class BackgroundWriter:
     # -- producers ---------------------------------------------------------------------------------
 
     def submit_spans(self, spans: Sequence[ReadableSpan]) -> bool:
-        """Queue finished spans, converted by the sink on this thread; False if any had to be dropped
-        (counted)."""
+        """Queue finished spans (the converter thread makes Arrow rows of them); False if any had to be
+        dropped (counted)."""
         if not spans:
             return True
         owners = span_owners(spans)  # outside the lock: producers never wait for this
@@ -461,7 +464,7 @@ class BackgroundWriter:
                     self._convert_handed += len(accepted)
                     self._to_convert.append(accepted)
                     if self._converter_running or self._start_converter():
-                        self._condition.notify_all()
+                        self._convert_ready.notify()
                         accepted = []  # the converter thread has them
         if evicted:
             self.drops.add_live_rows(evicted)
@@ -553,7 +556,7 @@ class BackgroundWriter:
                     if self._closed:
                         self._converter_running = False
                         return
-                    self._condition.wait()
+                    self._convert_ready.wait()
                 pending, self._to_convert = self._to_convert, []
             spans = [span for accepted in pending for span in accepted]
             del pending
@@ -676,6 +679,7 @@ class BackgroundWriter:
         try:
             with self._condition:
                 self._closed = True
+                self._convert_ready.notify_all()  # an idle converter thread stops
                 finished = not stuck and not self._gave_up
                 self._collect_started()
                 if stuck:

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import weakref
 from collections import Counter
 from collections.abc import Sequence
@@ -398,3 +399,17 @@ def test_a_read_only_store_does_not_load_what_only_writing_needs(tmp_path: Path)
     done = subprocess.run([sys.executable, "-c", code, str(db)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_close_stops_the_writer_and_converter_threads(db_path: Path) -> None:
+    spans, _ = capture_spans()
+    before = set(threading.enumerate())
+    store = TraceStore(db_path)
+    exporter = DuckDBSpanExporter(store)
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    started = {thread.name for thread in set(threading.enumerate()) - before}
+    assert any(name.endswith("-convert") for name in started), started
+    store.close()
+    wait_until(lambda: set(threading.enumerate()) <= before, timeout_s=10.0, what="its threads to stop")
+    with TraceStore(db_path, read_only=True) as reader:
+        assert counts(reader) == expected_counts(spans)
