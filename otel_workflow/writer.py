@@ -427,7 +427,7 @@ class BackgroundWriter:
 
     def _set_live_room(self) -> None:
         """With the lock held: how many started spans may wait at the gate (the soft limit's rest)."""
-        self.live_rows.limit = self._soft_limit - self._queued_here()
+        self.live_rows.limit = self._soft_limit - self._queued_here() - self._converting
 
     # -- producers ---------------------------------------------------------------------------------
 
@@ -463,6 +463,7 @@ class BackgroundWriter:
                     self._converting += len(accepted)
                     self._convert_handed += len(accepted)
                     self._to_convert.append(accepted)
+                    self._set_live_room()
                     if self._converter_running or self._start_converter():
                         self._convert_ready.notify()
                         accepted = []  # the converter thread has them
