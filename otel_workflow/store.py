@@ -798,9 +798,7 @@ class TraceStore:
         parts, failed = self._convert(running)
         if failed:
             self._writer.drops.add_live_rows(failed)
-        if not parts:
-            return None
-        return running_rows(SpanBatch.concat([part.tables() for part in parts]).spans)
+        return running_rows(tables_of(parts).spans) if parts else None
 
     # -- read side -------------------------------------------------------------------------------
 
