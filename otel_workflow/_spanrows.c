@@ -8,8 +8,8 @@
  * one value (a helper from `configure`) or for the whole slice (an exception; the caller then uses
  * the Python converter), so odd input keeps the Python converter's behaviour.
  *
- * The batches leave through the Arrow C data interface as PyCapsules ("arrow_array"); the caller
- * pairs them with the schemas of rows.py.
+ * The batches leave through the Arrow C data interface as PyCapsules ("arrow_array"); `stream` hands
+ * many of them to pyarrow at once, with the schemas of rows.py.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -1392,8 +1392,9 @@ done:
 
 /*
  * finished(spans: list, types: set, describe_resource) -> (spans, events, links, span_rows, event_rows,
- * link_rows): three "arrow_array" capsules and their lengths. Raises Unsupported (a span whose type is not in `types`, or not shaped like the SDK's) or
- * any error a value caused; the caller then converts the slice in Python.
+ * link_rows): three "arrow_array" capsules and their lengths (rows.tables_of imports them). Raises
+ * Unsupported (a span whose type is not in `types`, or not shaped like the SDK's) or any error a value
+ * caused; the caller then converts the slice in Python.
  */
 static PyObject *finished(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (!configured) {

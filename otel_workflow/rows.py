@@ -328,13 +328,8 @@ class ConvertedSpans:
     def tables(self) -> SpanBatch:
         """The Arrow tables (imported once: a retried write reads the same ones)."""
         if self._tables is None:
-            assert self._made is not None
-            made, self._made = self._made, None
-            tables = [
-                pa.Table.from_batches([pa.record_batch(_ExportedBatch(schema, array))])
-                for schema, array in zip((SPANS_SCHEMA, EVENTS_SCHEMA, LINKS_SCHEMA), made, strict=True)
-            ]
-            self._tables = SpanBatch(spans=tables[0], events=tables[1], links=tables[2])
+            _import([self])
+        assert self._tables is not None
         return self._tables
 
 
@@ -346,23 +341,29 @@ def tables_of(parts: Sequence[ConvertedSpans]) -> SpanBatch:
     back, hundreds of times per write cycle while the application was busy.
     """
     pending = [part for part in parts if part._made is not None]
-    if len(pending) < 2:
-        return SpanBatch.concat([part.tables() for part in parts])
+    if pending and len(pending) == len(parts):
+        return _import(pending)  # the usual case: the imported tables as they are
+    if pending:
+        _import(pending)
+    return SpanBatch.concat([part.tables() for part in parts])
+
+
+def _import(parts: Sequence[ConvertedSpans]) -> SpanBatch:
+    """Hand what the C converter made for `parts` to pyarrow, one stream per table; each part keeps
+    its own rows (zero-copy slices of the result), for a retry or for halving a batch."""
+    made = [part._made for part in parts if part._made is not None]
+    assert len(made) == len(parts)
     tables = []
     for index, schema in enumerate((SPANS_SCHEMA, EVENTS_SCHEMA, LINKS_SCHEMA)):
-        arrays = [part._made[index] for part in pending if part._made is not None]
-        stream = _spanrows.stream(arrays, schema.__arrow_c_schema__())
+        stream = _spanrows.stream([arrays[index] for arrays in made], schema.__arrow_c_schema__())
         tables.append(pa.RecordBatchReader._import_from_c_capsule(stream).read_all())
-    # Each part keeps its own rows (zero-copy slices), for a retry or for halving the batch.
     offsets = [0, 0, 0]
-    for part in pending:
+    for part in parts:
         sizes = (part.count, *part._child_rows)
         part._tables = SpanBatch(*(table.slice(offsets[i], sizes[i]) for i, table in enumerate(tables)))
         part._made = None
         offsets = [offset + size for offset, size in zip(offsets, sizes, strict=True)]
-    if len(pending) == len(parts):
-        return SpanBatch(spans=tables[0], events=tables[1], links=tables[2])
-    return SpanBatch.concat([part.tables() for part in parts])
+    return SpanBatch(spans=tables[0], events=tables[1], links=tables[2])
 
 
 class SpanConverter:
@@ -562,19 +563,6 @@ def span_owners(spans: Sequence[ReadableSpan]) -> list[tuple[str | None, bool]]:
                 owner_of(span) if owner is None else owner for span, owner in zip(listed, found, strict=True)
             ]
     return [owner_of(span) for span in listed]
-
-
-class _ExportedBatch:
-    """A record batch made in C, in the Arrow PyCapsule interface, for `pa.record_batch`."""
-
-    __slots__ = ("_array", "_schema")
-
-    def __init__(self, schema: pa.Schema, array: object) -> None:
-        self._schema = schema
-        self._array = array
-
-    def __arrow_c_array__(self, requested_schema: object = None) -> tuple[object, object]:
-        return self._schema.__arrow_c_schema__(), self._array
 
 
 def _native_made(
