@@ -688,7 +688,8 @@ class TraceStore:
         alone, so that it alone is rejected.
         """
         try:
-            return self._write_once(finished, running, final, forget, commit)
+            self._write_once(finished, running, final, forget, commit)
+            return 0
         except _DATA_ERRORS:
             if not finished:
                 raise
@@ -711,11 +712,11 @@ class TraceStore:
         final: bool,
         forget: Sequence[str],
         commit: Callable[[Callable[[], object]], None] | None,
-    ) -> int:
+    ) -> None:
         batch = tables_of(finished) if finished else None
         live = self._running_rows(running)
         if batch is None and live is None and not final and not forget:
-            return 0
+            return
         # The file was deleted while we ran: DuckDB makes a new, empty one, which needs the schema.
         recreate = self._memory is None and not os.path.exists(self.path)
         try:
@@ -767,7 +768,6 @@ class TraceStore:
             if _is_lock_conflict(exc):
                 raise RetryLater("the database file is held by another process") from exc
             raise
-        return 0
 
     def _convert(self, spans: Sequence[ReadableSpan]) -> tuple[list[ConvertedSpans], int]:
         """The spans converted, leaving out (and counting) the ones that cannot be converted."""
