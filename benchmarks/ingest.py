@@ -19,6 +19,11 @@ go through, in this process, one after the other:
   per row, one transaction per batch (the old Go tracker's way), on a file.
 
 Targets (issue 5): ours >= 100,000 spans/s, >= 4x otlp-encode, not slower than sqlite-rows.
+
+Each method's process CPU time per second of wall time is printed too: how many of the machine's
+cores it kept busy. For `ours`, 1.0 means the converter and writer threads took turns instead of
+running side by side (see the README: the DuckDB client takes the GIL back several times per
+statement, and waits for it while the converter holds it).
 """
 
 from __future__ import annotations
@@ -131,17 +136,24 @@ def main() -> None:
     gc.collect()
     gc.freeze()
     rates: dict[str, list[float]] = {name: [] for name in METHODS}
+    cores: dict[str, list[float]] = {name: [] for name in METHODS}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.repeat):
             names = list(METHODS)
             for name in names[rep % len(names) :] + names[: rep % len(names)]:
+                cpu = time.process_time()
                 start = time.perf_counter()
                 METHODS[name](work, Path(tmp))
-                rates[name].append(len(spans) / (time.perf_counter() - start))
+                elapsed = time.perf_counter() - start
+                rates[name].append(len(spans) / elapsed)
+                cores[name].append((time.process_time() - cpu) / elapsed)
     median = {name: statistics.median(values) for name, values in rates.items()}
     print(f"\n{len(spans):,} spans in batches of {BATCH}, median of {args.repeat}")
     for name, rate in median.items():
-        print(f"  {name:<14}{rate:>12,.0f} spans/s")
+        print(
+            f"  {name:<14}{rate:>12,.0f} spans/s   {1e6 / rate:6.1f} us/span   "
+            f"CPU per wall second {statistics.median(cores[name]):.2f}"
+        )
     print(f"  ours / otlp-encode   {median['ours'] / median['otlp-encode']:.2f}x  (target >= 4x)")
     print(f"  ours / sqlite-rows   {median['ours'] / median['sqlite-rows']:.2f}x  (target >= 1x)")
 
