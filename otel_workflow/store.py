@@ -19,7 +19,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ except ImportError:  # Windows: no hand-over lock (see `_ConnectionGate`)
 import pyarrow.compute as pc
 from opentelemetry.sdk.trace import ReadableSpan
 
-from otel_workflow import queries
+from otel_workflow import liveness, queries
 from otel_workflow.rows import (
     ConvertedSpans,
     SpanBatch,
@@ -413,7 +412,7 @@ class TraceStore:
         self._memory_lock = threading.Lock()
         self._pid = os.getpid()
         self._closed = False
-        self._writer_id = str(uuid.uuid4())
+        self._writer_id = liveness.new_writer_id()
         self._converter = SpanConverter()
         # The writer thread's connection, kept from one write cycle to the next while a backlog lasts.
         self._held: duckdb.DuckDBPyConnection | None = None
@@ -433,7 +432,7 @@ class TraceStore:
                 )
         else:
             self._prepare_file()
-            os.register_at_fork(after_in_child=functools.partial(_forget_held, weakref.ref(self)))
+            os.register_at_fork(after_in_child=functools.partial(_after_fork_in_child, weakref.ref(self)))
         self._writer = BackgroundWriter(
             _StoreSink(self),
             max_queued=max_queued_spans,
@@ -455,6 +454,7 @@ class TraceStore:
         try:
             with self._connect(read_only=False) as connection:
                 ensure_schema(connection)
+                self._interrupt_dead_writers(connection)
         except SchemaVersionError as exc:
             raise StoreError(f"{self.path}: {exc}") from exc
         except duckdb.Error as exc:
@@ -529,6 +529,9 @@ class TraceStore:
             connection = self._open(read_only=False, timeout_s=0.25)
             connection.execute(f"SET checkpoint_threshold = '{_CHECKPOINT_THRESHOLD}'")
             self._held_since = time.monotonic()
+            # Each opening, at most every `_MAX_HOLD_S` while spans come: writers that die while this one
+            # runs (a worker killed beside its siblings) are found too.
+            self._interrupt_dead_writers(connection)
         kept = False
         try:
             yield connection
@@ -538,6 +541,21 @@ class TraceStore:
                 self._held, self._held_file = connection, _file_identity(self.path)
             else:
                 self._close_file(connection)
+
+    def _interrupt_dead_writers(self, connection: duckdb.DuckDBPyConnection) -> None:
+        """Live rows of writers that died without a clean shutdown stop showing as running (`liveness`)."""
+        try:
+            gone = liveness.interrupt_dead_writers(connection, self._writer_id)
+        except duckdb.Error:  # housekeeping: a file that cannot answer fails the write itself, not here
+            logger.debug("otel-workflow could not check for writers that died", exc_info=True)
+            return
+        if gone:
+            logger.info(
+                "otel-workflow: %d process(es) that wrote to %s ended without shutting down; their "
+                "running executions and steps are marked interrupted",
+                gone,
+                self.path,
+            )
 
     def _idle(self, seconds: float) -> bool:
         """The writer had nothing to write for `seconds`: let go of the file if that is long enough or
@@ -1099,11 +1117,14 @@ class _StoreSink:
         return store._write_batch(finished, running, final, forget, commit)
 
 
-def _forget_held(ref: weakref.ref[TraceStore]) -> None:
-    # The parent's connection: never used or closed in the child (the gate refuses the file there).
+def _after_fork_in_child(ref: weakref.ref[TraceStore]) -> None:
     store = ref()
     if store is not None:
+        # The parent's connection: never used or closed in the child (the gate refuses the file there).
         store._held = None
+        # A writer of its own: the parent's id would let the child's clean shutdown mark the parent's
+        # (or a sibling's) live rows interrupted, and the liveness check judge them by the wrong pid.
+        store._writer_id = liveness.new_writer_id()
 
 
 def _reset_memory_lock(ref: weakref.ref[TraceStore]) -> None:
