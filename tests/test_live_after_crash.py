@@ -33,12 +33,16 @@ wf = WorkflowTracer("crash", tracer_provider=provider)
 
 
 def stuck(report):
-    # An execution on a step that never ends, its live rows written; then `report(execution id)`.
+    # An execution on a step that never ends, its live rows written; then `report(execution id)`. Gone
+    # without a word when its parent is (a test that failed half-way leaves no process behind).
+    parent = os.getppid()
     with wf.execution(trigger_type="job") as run:
         with wf.step("stuck"):
             assert store.flush(30)
             report(run.execution_id)
-            time.sleep(600)
+            while os.getppid() == parent:
+                time.sleep(0.2)
+            os._exit(1)
 """
 
 STUCK = (
