@@ -64,6 +64,16 @@ from otel_workflow.rows import SpanConverter
 
 SETUPS = ("sdk", "bsp-noop", "bsp-otlp", "ours", "processor", "convert", "bsp-busy")
 
+# The targets (ours against both baselines), then the split of ours against the no-op baseline: the
+# processor, the processor and the conversion, and the control.
+RATIOS = (
+    ("ours", "bsp-noop"),
+    ("ours", "bsp-otlp"),
+    ("processor", "bsp-noop"),
+    ("convert", "bsp-noop"),
+    ("bsp-busy", "bsp-noop"),
+)
+
 _RECEIVER = """
 import http.server, sys
 class H(http.server.BaseHTTPRequestHandler):
@@ -327,17 +337,6 @@ def print_row(name: str, threads: int, med: dict[str, float]) -> None:
         + "".join(f"{med[s]:>13.1f} us" for s in SETUPS)
         + "".join(f"{med[numerator] / med[denominator]:>18.2f}x" for numerator, denominator in RATIOS)
     )
-
-
-# The targets (ours against both baselines), then the split of ours against the no-op baseline: the
-# processor, the processor and the conversion, and the control.
-RATIOS = (
-    ("ours", "bsp-noop"),
-    ("ours", "bsp-otlp"),
-    ("processor", "bsp-noop"),
-    ("convert", "bsp-noop"),
-    ("bsp-busy", "bsp-noop"),
-)
 
 
 if __name__ == "__main__":
