@@ -903,7 +903,3 @@ def serve(db_path: str, host: str, port: int, token: str | None, log_level: str)
             f"{_first_line(exc)}: install the collector extra, pip install 'otel-workflow[collector]'"
         ) from exc
     run_collector(db_path, host, port, token, log_level=log_level)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -32,3 +35,15 @@ def epoch_us(value: object) -> int:
     assert value.tzinfo is not None, value
     delta = value - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def otel_workflow_command() -> list[str]:
+    """The installed `otel-workflow` command of the Python running the tests, found without PATH.
+
+    The README's test command runs `.venv/bin/python -m pytest` with the venv not on PATH, so the
+    script is looked up beside `sys.executable`; `python -m otel_workflow` is the same CLI otherwise.
+    """
+    script = Path(sys.executable).with_name("otel-workflow")
+    if os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "otel_workflow"]

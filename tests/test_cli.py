@@ -410,9 +410,8 @@ def test_db_from_environment(runner: CliRunner, filled: Filled, monkeypatch: pyt
 
 def entry_point() -> str:
     script = Path(sys.executable).with_name("otel-workflow")
-    found = str(script) if script.exists() else shutil.which("otel-workflow")
-    assert found, "the otel-workflow entry point is not installed (pip install -e .)"
-    return found
+    assert os.access(script, os.X_OK), f"no otel-workflow script beside {sys.executable}"
+    return str(script)
 
 
 def test_entry_point_subprocess(filled: Filled) -> None:
@@ -444,6 +443,29 @@ def test_entry_point_subprocess(filled: Filled) -> None:
     )
     assert refused.returncode == 2
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_python_dash_m_runs_the_same_cli(filled: Filled) -> None:
+    env = {**os.environ, "OTEL_WORKFLOW_DB": str(filled.path), "COLUMNS": "200"}
+    listed = subprocess.run(
+        [sys.executable, "-m", "otel_workflow", "executions", "--json", "--workflow", "billing"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert [row["id"] for row in json.loads(listed.stdout)] == [filled.billing_id]
+    usage = subprocess.run(
+        [sys.executable, "-m", "otel_workflow", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert usage.returncode == 0
+    assert usage.stdout.startswith("Usage: otel-workflow ")
 
 
 def test_demo_subprocess_shows_the_failed_waterfall(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from support import otel_workflow_command
 
 from otel_workflow import TraceStore, WorkflowSpanProcessor, WorkflowTracer
 from otel_workflow.demo import run_demo
@@ -43,10 +43,8 @@ def test_serve_command_stores_otlp_and_answers_the_read_api(tmp_path: Path) -> N
     db = tmp_path / "collected.duckdb"
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    executable = shutil.which("otel-workflow")
-    assert executable is not None
     process = subprocess.Popen(
-        [executable, "serve", "--db", str(db), "--port", str(port), "--log-level", "warning"],
+        [*otel_workflow_command(), "serve", "--db", str(db), "--port", str(port), "--log-level", "warning"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

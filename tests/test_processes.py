@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -14,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import wait_until
+from support import otel_workflow_command, wait_until
 
 from otel_workflow import TraceStore
 
@@ -152,16 +150,6 @@ def test_another_process_reads_while_the_child_writes(child: Child) -> None:
     assert reader.sql("SELECT count(*) FROM running_spans") == [(0,)]
     assert reader.sql("SELECT DISTINCT service_name FROM spans") == [("child",)]
     reader.close()
-
-
-def otel_workflow_command() -> list[str]:
-    found = shutil.which("otel-workflow") or str(Path(sys.executable).parent / "otel-workflow")
-    if not os.access(found, os.X_OK):
-        pytest.skip("the otel-workflow command is not installed")
-    check = subprocess.run([found, "--help"], capture_output=True, text=True, timeout=60, check=False)
-    if check.returncode != 0 or "executions" not in check.stdout:
-        pytest.skip("`otel-workflow executions` does not exist yet (the CLI is being added)")
-    return [found]
 
 
 def executions_json(command: list[str], db: Path) -> list[dict[str, Any]]:
