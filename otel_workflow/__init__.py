@@ -17,10 +17,10 @@ from otel_workflow.queries import (
     ExecutionNotFound,
     LogRow,
     PruneReport,
-    ReadOnlyViolation,
     StepStats,
     WorkflowStats,
 )
+from otel_workflow.readonly import QueryLimitExceeded, ReadOnlyViolation, SandboxRefusal, SqlLimits
 from otel_workflow.store import ExecutionRow, StepRow, StoreError, TraceStore
 from otel_workflow.tracer import Execution, Step, WorkflowTracer
 
@@ -34,7 +34,10 @@ __all__ = [
     "ExecutionRow",
     "LogRow",
     "PruneReport",
+    "QueryLimitExceeded",
     "ReadOnlyViolation",
+    "SandboxRefusal",
+    "SqlLimits",
     "Step",
     "StepRow",
     "StepStats",

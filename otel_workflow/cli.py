@@ -35,7 +35,7 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from otel_workflow import queries
+from otel_workflow import queries, readonly
 from otel_workflow.config import DB_ENV, configure
 from otel_workflow.demo import run_demo
 from otel_workflow.export import FORMATS, export
@@ -86,7 +86,7 @@ def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
             sys.exit(1)
         except queries.ExecutionLookupError as exc:
             raise click.ClickException(_first_line(exc)) from exc
-        except StoreError as exc:
+        except (StoreError, readonly.QueryLimitExceeded) as exc:
             raise click.ClickException(_first_line(exc)) from exc
         except duckdb.Error as exc:
             raise click.ClickException(f"database error: {_first_line(exc)}") from exc
@@ -165,9 +165,9 @@ until_option = click.option(
 )
 
 
-def _open_reader(db_path: str) -> TraceStore:
+def _open_reader(db_path: str, sql_limits: readonly.SqlLimits | None = None) -> TraceStore:
     try:
-        return TraceStore(db_path, read_only=True)
+        return TraceStore(db_path, read_only=True, sql_limits=sql_limits)
     except StoreError as exc:
         raise click.ClickException(_first_line(exc)) from exc
 
@@ -737,18 +737,35 @@ def _cell(value: Any) -> str:
     show_default=True,
     help="Output format (--json is the same as --format json).",
 )
+@click.option(
+    "--timeout",
+    "timeout_s",
+    default=readonly.SqlLimits().timeout_s,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds before the query is interrupted.",
+)
+@click.option(
+    "--memory-limit",
+    default=readonly.SqlLimits().memory_limit,
+    show_default=True,
+    help="Most memory the query may use (DuckDB's memory_limit: 512MB, 4GB).",
+)
 @friendly_errors
-def sql(query: str, db_path: str, as_json: bool, output_format: str) -> None:
+def sql(
+    *, query: str, db_path: str, as_json: bool, output_format: str, timeout_s: float, memory_limit: str
+) -> None:
     """Run one read-only SQL statement (QUERY, or - to read it from stdin).
 
-    Statements that would change anything (INSERT, UPDATE, DELETE, CREATE,
-    DROP, ALTER, COPY, ATTACH, INSTALL, LOAD, SET, PRAGMA, ...) are refused.
-    Ready-made macros: slowest_executions(), failure_rate_over_time(),
-    critical_path('<execution id>'), step_p95_shift(...).
+    It sees this database and nothing else: reading files or URLs (read_csv,
+    read_text, glob, a path in FROM, ...), ATTACH, COPY, EXPORT, INSTALL/LOAD,
+    SET/PRAGMA and every write (INSERT, UPDATE, DELETE, CREATE, DROP, ALTER)
+    are refused. Ready-made macros: slowest_executions(),
+    failure_rate_over_time(), critical_path('<execution id>'), step_p95_shift(...).
     """
     if query == "-":
         query = sys.stdin.read()
-    store = _open_reader(db_path)
+    store = _open_reader(db_path, readonly.SqlLimits(timeout_s=timeout_s, memory_limit=memory_limit))
     try:
         table = store.read_sql(query)
     except duckdb.Error as exc:
@@ -888,8 +905,39 @@ def prune(db_path: str, as_json: bool, older_than: timedelta, dry_run: bool) -> 
     show_default=True,
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
 )
+@click.option(
+    "--sql-timeout",
+    "sql_timeout_s",
+    default=readonly.HTTP_TIMEOUT_S,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds before an /api/sql query is interrupted.",
+)
+@click.option(
+    "--sql-memory-limit",
+    default=readonly.SqlLimits().memory_limit,
+    show_default=True,
+    help="Most memory one /api/sql query may use (512MB, 4GB).",
+)
+@click.option(
+    "--sql-max-rows",
+    default=readonly.HTTP_MAX_ROWS,
+    show_default=True,
+    type=click.IntRange(1, 10_000_000),
+    help=f"The largest `limit` /api/sql takes (without one it returns up to {readonly.HTTP_ROWS:,} rows).",
+)
 @friendly_errors
-def serve(db_path: str, host: str, port: int, token: str | None, log_level: str) -> None:
+def serve(
+    *,
+    db_path: str,
+    host: str,
+    port: int,
+    token: str | None,
+    log_level: str,
+    sql_timeout_s: float,
+    sql_memory_limit: str,
+    sql_max_rows: int,
+) -> None:
     """Receive OTLP/HTTP spans from any process or language into the database (POST /v1/traces).
 
     Also serves the read API as JSON under /api. Needs the `collector` extra:
@@ -897,9 +945,18 @@ def serve(db_path: str, host: str, port: int, token: str | None, log_level: str)
     """
     try:
         # Imported here: starlette and uvicorn are an optional extra that only this command needs.
+        from otel_workflow.collector import ReceiverLimits  # noqa: PLC0415
         from otel_workflow.collector import serve as run_collector  # noqa: PLC0415
     except ImportError as exc:
         raise click.ClickException(
             f"{_first_line(exc)}: install the collector extra, pip install 'otel-workflow[collector]'"
         ) from exc
-    run_collector(db_path, host, port, token, log_level=log_level)
+    # Checked before the collector starts, so a bad value is a usage error, not a failure at the first query.
+    readonly.SqlLimits(timeout_s=sql_timeout_s, memory_limit=sql_memory_limit)
+    limits = ReceiverLimits(
+        sql_timeout_s=sql_timeout_s,
+        sql_memory_limit=sql_memory_limit,
+        max_sql_rows=sql_max_rows,
+        sql_rows=min(readonly.HTTP_ROWS, sql_max_rows),
+    )
+    run_collector(db_path, host, port, token, limits=limits, log_level=log_level)

@@ -75,7 +75,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
         "pip install 'otel-workflow[collector]'"
     ) from _exc
 
-from otel_workflow import queries
+from otel_workflow import queries, readonly
 from otel_workflow.config import default_db_path
 from otel_workflow.otlp_decode import (
     DecodeError,
@@ -136,8 +136,12 @@ class ReceiverLimits:
       of its bound, well before the store itself would have to drop spans.
     - `retry_after_s`: the `Retry-After` of 429 and 503 answers.
     - `max_queued_spans`: the bound of the write queue of the store that `serve()` opens.
-    - `max_sql_rows`, `max_page`: the most rows `/api/sql` returns, and the largest `limit` of the
-      listing routes.
+    - `sql_rows`, `max_sql_rows`: the rows `/api/sql` returns without a `limit`, and the largest
+      `limit` it takes; `max_sql_bytes`: about the most Arrow data of one answer (wide rows stop
+      the page earlier; the answer says `truncated`).
+    - `sql_timeout_s`: the time limit of one `/api/sql` query; `sql_memory_limit`: the memory
+      limit of its DuckDB instance, for the store that `serve()` opens (see `readonly`).
+    - `max_page`: the largest `limit` of the listing routes.
     """
 
     max_body_bytes: int = 20 * _MIB
@@ -149,7 +153,11 @@ class ReceiverLimits:
     queue_high_water: float = 0.5
     retry_after_s: int = 1
     max_queued_spans: int = 200_000
-    max_sql_rows: int = 10_000
+    sql_rows: int = readonly.HTTP_ROWS
+    max_sql_rows: int = readonly.HTTP_MAX_ROWS
+    max_sql_bytes: int = 16 * _MIB
+    sql_timeout_s: float = readonly.HTTP_TIMEOUT_S
+    sql_memory_limit: str = readonly.SqlLimits().memory_limit
     max_page: int = 10_000
 
 
@@ -632,9 +640,9 @@ class _Receiver:
                     limit_text = str(document["limit"])
         if not isinstance(query, str) or not query.strip():
             return _api_error(400, "give the query: GET /api/sql?q=SELECT... or POST it")
-        limit = self._limit(limit_text, self.limits.max_sql_rows, cap=self.limits.max_sql_rows)
+        limit = self._limit(limit_text, self.limits.sql_rows, cap=self.limits.max_sql_rows)
         assert limit is not None
-        return await self._read(functools.partial(_run_sql, self.store, query, limit))
+        return await self._read(functools.partial(_run_sql, self.store, query, limit, self.limits))
 
     def _limit(self, text: str | None, default: int | None, cap: int | None = None) -> int | None:
         if text is None or text == "":
@@ -664,8 +672,12 @@ class _Receiver:
             return _api_error(409, str(exc), candidates=list(getattr(exc, "candidates", [])))
         except queries.ExecutionLookupError as exc:
             return _api_error(404, str(exc))
-        except queries.ReadOnlyViolation as exc:
-            return _api_error(400, str(exc))
+        except readonly.SandboxRefusal as exc:
+            return _api_error(403, str(exc), kind="refused")
+        except readonly.ReadOnlyViolation as exc:
+            return _api_error(400, str(exc), kind="refused")
+        except readonly.QueryLimitExceeded as exc:
+            return _api_error(422, str(exc), kind="limit")
         except StoreError as exc:
             return _api_error(503, str(exc))
         except (duckdb.Error, ValueError) as exc:
@@ -677,27 +689,20 @@ class _BadRequest(Exception):
     """A query parameter is invalid (HTTP 400)."""
 
 
-def _run_sql(store: TraceStore, query: str, limit: int) -> dict[str, Any]:
-    """One read-only statement; at most `limit` rows, and `truncated` says whether there were more."""
-    statement = queries.check_read_only(query)
-    table = None
-    if duckdb.extract_statements(statement)[0].type == duckdb.StatementType.SELECT:
-        # Bound what DuckDB materialises, not only what is sent: `SELECT * FROM range(1e10)` must not
-        # fill memory. The newlines keep a trailing `-- comment` from swallowing the parenthesis.
-        bounded = f"SELECT * FROM (\n{statement}\n) AS _otel_workflow_query LIMIT {limit + 1}"
-        with contextlib.suppress(duckdb.ParserException, duckdb.BinderException):
-            table = store.read_sql(bounded)
-    if table is None:
-        table = store.read_sql(statement)
-    truncated = table.num_rows > limit
-    table = table.slice(0, limit)
+def _run_sql(store: TraceStore, query: str, limit: int, limits: ReceiverLimits) -> dict[str, Any]:
+    """One statement in the SQL sandbox; at most `limit` rows, `truncated` says whether there were more."""
+    page = store.read_sql_page(
+        query, max_rows=limit, max_bytes=limits.max_sql_bytes, timeout_s=limits.sql_timeout_s
+    )
+    table = page.table
     columns = [table.column(i).to_pylist() for i in range(table.num_columns)]
     return {
         "columns": table.column_names,
         "types": [str(field.type) for field in table.schema],
         "rows": [list(row) for row in zip(*columns, strict=True)],
         "row_count": table.num_rows,
-        "truncated": truncated,
+        "truncated": page.truncated,
+        "limit": limit,
     }
 
 
@@ -892,7 +897,11 @@ def serve(
     On exit, what is queued is written and the database released.
     """
     limits = limits or ReceiverLimits()
-    store = TraceStore(db_path or default_db_path(), max_queued_spans=limits.max_queued_spans)
+    store = TraceStore(
+        db_path or default_db_path(),
+        max_queued_spans=limits.max_queued_spans,
+        sql_limits=readonly.SqlLimits(timeout_s=limits.sql_timeout_s, memory_limit=limits.sql_memory_limit),
+    )
     try:
         _check_exposure(host, token)
         sock = _bind(host, port)

@@ -32,12 +32,10 @@ __all__ = [
     "ExecutionNotFound",
     "LogRow",
     "PruneReport",
-    "ReadOnlyViolation",
     "SpanLine",
     "StepStats",
     "TimeArg",
     "WorkflowStats",
-    "check_read_only",
     "parse_duration",
     "parse_time",
 ]
@@ -62,10 +60,6 @@ class AmbiguousExecutionId(ExecutionLookupError):
     def __init__(self, message: str, candidates: Sequence[str]) -> None:
         super().__init__(message)
         self.candidates = list(candidates)
-
-
-class ReadOnlyViolation(ValueError):
-    """A statement given to a read-only query would write, load code or change settings."""
 
 
 # -- times -----------------------------------------------------------------------------------------
@@ -746,51 +740,6 @@ def workflow_stats(
         params,
     ).fetchall()
     return [WorkflowStats(*row) for row in rows]
-
-
-# -- read-only SQL ---------------------------------------------------------------------------------
-
-_READ_TYPES: Final = frozenset({duckdb.StatementType.SELECT})
-_EXPLAIN: Final = re.compile(r"^\s*EXPLAIN(?:\s+ANALY[SZ]E)?\s+(.*)$", re.IGNORECASE | re.DOTALL)
-
-
-def check_read_only(query: str) -> str:
-    """Return the one statement in `query` if it only reads (SELECT, FROM, WITH, SHOW, DESCRIBE, EXPLAIN).
-
-    Raises `ReadOnlyViolation` for anything else: writes (INSERT, UPDATE,
-    DELETE, COPY, CREATE, DROP, ALTER, EXPORT, IMPORT), ATTACH / DETACH,
-    INSTALL / LOAD, SET / PRAGMA / CALL, transactions, and several statements
-    at once. DuckDB's own parser classifies the statement, so comments and
-    case tricks do not get a write through. Raises `duckdb.ParserException`
-    when the text does not parse.
-    """
-    statements = duckdb.extract_statements(query)
-    if not statements:
-        raise ReadOnlyViolation("the query is empty: give one SELECT statement")
-    if len(statements) > 1:
-        raise ReadOnlyViolation(f"give one statement at a time (found {len(statements)})")
-    [statement] = statements
-    kind = statement.type
-    if kind == duckdb.StatementType.EXPLAIN:
-        inner = _EXPLAIN.match(statement.query)
-        inner_statements = duckdb.extract_statements(inner.group(1)) if inner else []
-        if len(inner_statements) == 1 and inner_statements[0].type in _READ_TYPES:
-            return statement.query
-    elif kind in _READ_TYPES:
-        return statement.query
-    names = {
-        duckdb.StatementType.LOAD: "INSTALL/LOAD",
-        duckdb.StatementType.EXPLAIN: "EXPLAIN of a statement that is not a SELECT",
-        duckdb.StatementType.CREATE_FUNC: "CREATE FUNCTION/MACRO",
-        duckdb.StatementType.VARIABLE_SET: "SET VARIABLE",
-        # DuckDB runs a PIVOT without an explicit IN list as several statements, one of which creates a type.
-        duckdb.StatementType.MULTI: "a PIVOT without an IN list (give the values: PIVOT t ON c IN (...))",
-    }
-    keyword = names.get(kind, kind.name.replace("_", " "))
-    raise ReadOnlyViolation(
-        f"refused: only reading queries (SELECT) run here, and this is {keyword}; "
-        "the database is never changed from here (use `otel-workflow prune` for retention)"
-    )
 
 
 # -- retention -------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -36,7 +36,7 @@ except ImportError:  # Windows: no hand-over lock (see `_ConnectionGate`)
 import pyarrow.compute as pc
 from opentelemetry.sdk.trace import ReadableSpan
 
-from otel_workflow import liveness, queries
+from otel_workflow import liveness, queries, readonly
 from otel_workflow.rows import (
     ConvertedSpans,
     SpanBatch,
@@ -55,6 +55,7 @@ DEFAULT_DB_PATH = "otel_workflow.duckdb"
 # (benchmarks/memory.py measured 525 MB of RSS with a 200,000 bound and a writer that could not keep up).
 DEFAULT_MAX_QUEUED_SPANS = 50_000
 MEMORY = ":memory:"
+_T = TypeVar("_T")
 
 __all__ = ["DEFAULT_DB_PATH", "ExecutionRow", "SchemaVersionError", "StepRow", "StoreError", "TraceStore"]
 
@@ -105,6 +106,11 @@ class _ConnectionGate:
     at the end of its cycle once a fork waits), so the wait is short. Should one
     stay open past `_FORK_WAIT_S`, the child refuses to use that file rather than
     write through the inherited instance.
+
+    Exclusive entries. The SQL sandbox needs a DuckDB instance of its own settings, and DuckDB
+    refuses a second instance of a file in one process. An exclusive entry waits until this
+    process's other connections have closed (the writer's kept one is let go: `wanted` says so),
+    and holds new ones back until it leaves; it is then the process's only connection to the file.
     """
 
     def __init__(self) -> None:
@@ -112,14 +118,20 @@ class _ConnectionGate:
         self._open: dict[str, int] = {}
         self._handover: dict[str, int | None] = {}  # path -> fd holding the flock (None: no lock file)
         self._acquiring: set[str] = set()
+        self._exclusive: set[str] = set()  # paths whose one open connection is an exclusive entry
+        self._exclusive_waiting: dict[str, int] = {}  # path -> exclusive entries waiting for it
         # path -> when this process last let go of the file while another process was waiting for it
         self._released: dict[str, float] = {}
         self._forking = False
         self._open_at_fork: frozenset[str] = frozenset()
         self.inherited: frozenset[str] = frozenset()
 
-    def enter(self, path: str, timeout_s: float) -> None:
-        """Count a connection to `path` about to open; the first one takes the hand-over lock."""
+    def enter(self, path: str, timeout_s: float, *, exclusive: bool = False) -> None:
+        """Count a connection to `path` about to open; the first one takes the hand-over lock.
+
+        `exclusive`: wait until no other connection of this process is open, and keep others out
+        until this one leaves.
+        """
         if path in self.inherited:
             raise StoreError(
                 f"{path} was open in the parent process when this process was forked from it, so DuckDB "
@@ -129,19 +141,37 @@ class _ConnectionGate:
             )
         deadline = time.monotonic() + timeout_s
         with self._condition:
-            while True:
-                if self._forking or path in self._acquiring:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0 and not self._forking:
-                        raise FileBusy(f"{path} is held by another otel-workflow process")
-                    self._condition.wait(None if self._forking else remaining)
-                    continue
-                if self._open.get(path, 0) > 0:
-                    self._open[path] += 1
-                    return
-                self._acquiring.add(path)
-                released = self._released.get(path)
-                break
+            if exclusive:
+                self._exclusive_waiting[path] = self._exclusive_waiting.get(path, 0) + 1
+            try:
+                while True:
+                    busy = self._open.get(path, 0) > 0
+                    # Within the process, a waiting exclusive entry goes before new shared ones (a steady
+                    # flow of short queries would otherwise keep it out), and an exclusive one waits for all.
+                    held_here = path in self._exclusive or (
+                        busy and (exclusive or self._exclusive_waiting.get(path, 0) > 0)
+                    )
+                    if self._forking or path in self._acquiring or held_here:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0 and not self._forking:
+                            raise FileBusy(
+                                f"{path} is held by this process's own connections"
+                                if held_here
+                                else f"{path} is held by another otel-workflow process"
+                            )
+                        self._condition.wait(None if self._forking else remaining)
+                        continue
+                    if busy:
+                        self._open[path] += 1
+                        return
+                    self._acquiring.add(path)
+                    released = self._released.get(path)
+                    break
+            finally:
+                if exclusive:
+                    self._exclusive_waiting[path] -= 1
+                    if not self._exclusive_waiting[path]:
+                        del self._exclusive_waiting[path]
         fd: int | None = _BUSY
         try:
             if released is not None:
@@ -157,6 +187,8 @@ class _ConnectionGate:
                 if fd != _BUSY:
                     self._handover[path] = fd
                     self._open[path] = 1
+                    if exclusive:
+                        self._exclusive.add(path)
                 self._condition.notify_all()
         if fd == _BUSY:
             raise FileBusy(f"{path} is held by another otel-workflow process")
@@ -169,6 +201,7 @@ class _ConnectionGate:
                 self._open[path] = count
             else:
                 self._open.pop(path, None)
+                self._exclusive.discard(path)
                 if _release_handover_lock(self._handover.pop(path, None)):
                     self._released[path] = time.monotonic()
                 else:
@@ -176,9 +209,10 @@ class _ConnectionGate:
             self._condition.notify_all()
 
     def wanted(self, path: str) -> bool:
-        """Whether someone needs `path` let go of: a fork in this process, or another process waiting."""
+        """Whether someone needs `path` let go of: a fork or an exclusive entry in this process, or another
+        process waiting."""
         with self._condition:
-            if self._forking:
+            if self._forking or path in self._exclusive_waiting:
                 return True
             fd = self._handover.get(path)
         return fd is not None and fd != _BUSY and _others_waiting(fd)
@@ -205,6 +239,7 @@ class _ConnectionGate:
         self._condition = threading.Condition(threading.Lock())
         self.inherited = self.inherited | self._open_at_fork
         self._open, self._handover, self._acquiring, self._released = {}, {}, set(), {}
+        self._exclusive, self._exclusive_waiting = set(), {}
         self._forking, self._open_at_fork = False, frozenset()
 
 
@@ -392,6 +427,10 @@ class TraceStore:
     waits for another process's lock; `shutdown_timeout_s` bounds all shutdown
     steps together (`close`, the exporter's `shutdown`, the exit hook);
     `drop_log_interval_s` is how often, at most, drops are logged.
+
+    SQL from outside (`read_sql`, and `sql`/`arrow` of a read-only store) runs in the
+    sandbox of `readonly`: it sees this database and nothing else, under `sql_limits`
+    (time limit 30 s, memory limit 1 GB by default).
     """
 
     def __init__(
@@ -404,9 +443,11 @@ class TraceStore:
         lock_timeout_s: float = 10.0,
         shutdown_timeout_s: float = 10.0,
         drop_log_interval_s: float = 60.0,
+        sql_limits: readonly.SqlLimits | None = None,
     ) -> None:
         self.path = MEMORY if str(path) == MEMORY else str(Path(path).expanduser().absolute())
         self.read_only = read_only
+        self.sql_limits = sql_limits or readonly.SqlLimits()
         self._lock_timeout_s = lock_timeout_s
         self._memory: duckdb.DuckDBPyConnection | None = None
         self._memory_lock = threading.Lock()
@@ -582,16 +623,24 @@ class TraceStore:
             self._pid = os.getpid()
         return self._memory
 
-    def _open_file(self, read_only: bool, timeout_s: float) -> duckdb.DuckDBPyConnection:
+    def _open_file(
+        self, read_only: bool, timeout_s: float, config: readonly.DuckDBConfig | None = None
+    ) -> duckdb.DuckDBPyConnection:
         deadline = time.monotonic() + timeout_s
         delay = 0.005
         while True:
             try:
                 with _instance_lock:
-                    return duckdb.connect(self.path, read_only=read_only)
+                    return duckdb.connect(self.path, read_only=read_only, config=config or {})
             except duckdb.Error as exc:
                 if not _is_lock_conflict(exc):
                     raise
+                if config is not None and "different configuration" in str(exc):
+                    raise StoreError(
+                        f"{self.path} is open in this process through a DuckDB connection otel-workflow "
+                        "does not manage, so the SQL sandbox cannot open it with its own settings: close "
+                        "that connection first"
+                    ) from exc
                 if read_only and "different configuration" in str(exc):
                     # This process already has the file open for writing: share that instance.
                     with _instance_lock:
@@ -600,6 +649,36 @@ class TraceStore:
                     raise
                 time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
                 delay = min(delay * 2, 0.2)
+
+    @contextlib.contextmanager
+    def _sandboxed(self, limits: readonly.SqlLimits) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection of its own DuckDB instance with the sandbox's settings (`readonly`), for one query.
+
+        DuckDB gives a process one instance per file, so this one waits until the process's other
+        connections to the file (the writer's among them) have closed, and keeps them out while it lasts.
+        """
+        if self._memory is not None:
+            raise StoreError(
+                "the SQL sandbox opens the database a second time with settings of its own, which an "
+                "in-memory database cannot do: use a database file, or sql() for your own trusted SQL"
+            )
+        if not Path(self.path).exists():
+            raise StoreError(
+                f"no database at {self.path}: run your traced application or `otel-workflow demo` first"
+            )
+        try:
+            _gate.enter(self.path, self._lock_timeout_s, exclusive=True)
+        except FileBusy as exc:
+            raise StoreBusy(f"{exc}, and did not let go within {self._lock_timeout_s:g}s; try again") from exc
+        try:
+            connection = self._open_file(True, self._lock_timeout_s, config=readonly.sandbox_config(limits))
+        except BaseException:
+            _gate.leave(self.path)
+            raise
+        try:
+            yield connection
+        finally:
+            self._close_file(connection)
 
     # -- write side ------------------------------------------------------------------------------
 
@@ -820,28 +899,76 @@ class TraceStore:
 
     # -- read side -------------------------------------------------------------------------------
 
-    def sql(self, query: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
-        """Run a query and return its rows as tuples."""
-        with self._connect(read_only=self.read_only) as connection:
-            return connection.execute(query, params).fetchall()
+    def sql(
+        self, query: str, params: Sequence[Any] | None = None, *, timeout_s: float | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Run a query and return its rows as tuples.
 
-    def arrow(self, query: str, params: Sequence[Any] | None = None) -> pa.Table:
-        """Run a query and return an Arrow table (for pandas: `.to_pandas()`, polars: `pl.from_arrow`)."""
-        with self._connect(read_only=self.read_only) as connection:
-            table: pa.Table = connection.sql(query, params=params).to_arrow_table()
-            return table
+        On a read-only store this is `read_sql`'s sandbox (one reading statement, this database
+        only, `sql_limits`). On a writable store it is your own code's SQL on a connection that
+        can do anything, interrupted after `timeout_s` if given: give SQL from elsewhere to `read_sql`.
+        """
+        if self.read_only:
+            return self._sandbox_run(query, params, timeout_s, _fetch_rows)
+        with self._connect(read_only=False) as connection:
+            if timeout_s is None:
+                return connection.execute(query, params).fetchall()
+            with readonly.time_limited(connection, self.sql_limits.with_timeout(timeout_s)):
+                return connection.execute(query, params).fetchall()
 
-    def read_sql(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None) -> pa.Table:
+    def arrow(
+        self, query: str, params: Sequence[Any] | None = None, *, timeout_s: float | None = None
+    ) -> pa.Table:
+        """`sql()` as an Arrow table (for pandas: `.to_pandas()`, polars: `pl.from_arrow`)."""
+        if self.read_only:
+            return self._sandbox_run(query, params, timeout_s, _fetch_arrow)
+        with self._connect(read_only=False) as connection:
+            if timeout_s is None:
+                return _fetch_arrow(connection.sql(query, params=params))
+            with readonly.time_limited(connection, self.sql_limits.with_timeout(timeout_s)):
+                return _fetch_arrow(connection.sql(query, params=params))
+
+    def read_sql(
+        self,
+        query: str,
+        params: Sequence[Any] | dict[str, Any] | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> pa.Table:
         """Run one statement that only reads (SELECT, WITH, FROM, SHOW, DESCRIBE, EXPLAIN) into Arrow.
 
-        Anything else (INSERT, DELETE, DROP, COPY, ATTACH, INSTALL, SET, ...) is
-        refused with `queries.ReadOnlyViolation` before it reaches the database,
-        whatever mode this store was opened in: what `otel-workflow sql` runs.
+        The SQL sandbox, whatever mode this store was opened in: what `otel-workflow sql` and
+        `/api/sql` run. Statements that are not reads are refused with `ReadOnlyViolation`
+        before they reach the database; files, URLs, extensions, settings and writes with
+        `SandboxRefusal` (a `ReadOnlyViolation`) by DuckDB itself. Past `timeout_s` (default
+        `sql_limits.timeout_s`) or the memory limit, `QueryLimitExceeded`.
         """
-        statement = queries.check_read_only(query)
-        with self._connect(read_only=self.read_only) as connection:
-            table: pa.Table = connection.sql(statement, params=params).to_arrow_table()
-            return table
+        return self._sandbox_run(query, params, timeout_s, _fetch_arrow)
+
+    def read_sql_page(
+        self,
+        query: str,
+        params: Sequence[Any] | dict[str, Any] | None = None,
+        *,
+        max_rows: int,
+        max_bytes: int = 16 * 1024 * 1024,
+        timeout_s: float | None = None,
+    ) -> readonly.SqlPage:
+        """`read_sql` stopping after `max_rows` rows or about `max_bytes` (`truncated`: rows were cut)."""
+        page = functools.partial(readonly.read_page, max_rows=max_rows, max_bytes=max_bytes)
+        return self._sandbox_run(query, params, timeout_s, page)
+
+    def _sandbox_run(
+        self,
+        query: str,
+        params: Sequence[Any] | dict[str, Any] | None,
+        timeout_s: float | None,
+        fetch: Callable[[duckdb.DuckDBPyRelation], _T],
+    ) -> _T:
+        statement = readonly.check_read_only(query)
+        limits = self.sql_limits.with_timeout(timeout_s)
+        with self._sandboxed(limits) as connection, readonly.time_limited(connection, limits):
+            return fetch(connection.sql(statement, params=params))
 
     def df(self, query: str, params: Sequence[Any] | None = None) -> Any:
         """`arrow()` as a pandas DataFrame; needs pandas (`pip install pandas`), imported only here."""
@@ -1050,6 +1177,15 @@ _MAX_HOLD_S: Final = 5.0
 _CHECKPOINT_THRESHOLD: Final = "128MB"
 
 _EPOCH_RANGE_S: Final = (-62_135_596_800.0, 253_402_300_799.0)  # years 1 to 9999
+
+
+def _fetch_rows(relation: duckdb.DuckDBPyRelation) -> list[tuple[Any, ...]]:
+    return relation.fetchall()
+
+
+def _fetch_arrow(relation: duckdb.DuckDBPyRelation) -> pa.Table:
+    table: pa.Table = relation.to_arrow_table()
+    return table
 
 
 def _file_identity(path: str) -> tuple[int, int, int] | None:

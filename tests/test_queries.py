@@ -21,12 +21,11 @@ from otel_workflow.queries import (
     ExecutionDetail,
     ExecutionNotFound,
     LogRow,
-    ReadOnlyViolation,
     StepStats,
-    check_read_only,
     parse_duration,
     parse_time,
 )
+from otel_workflow.readonly import ReadOnlyViolation, check_read_only
 from otel_workflow.store import StoreError
 
 
