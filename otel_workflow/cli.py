@@ -957,6 +957,5 @@ def serve(
         sql_timeout_s=sql_timeout_s,
         sql_memory_limit=sql_memory_limit,
         max_sql_rows=sql_max_rows,
-        sql_rows=min(readonly.HTTP_ROWS, sql_max_rows),
     )
     run_collector(db_path, host, port, token, limits=limits, log_level=log_level)

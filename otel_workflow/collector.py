@@ -640,7 +640,8 @@ class _Receiver:
                     limit_text = str(document["limit"])
         if not isinstance(query, str) or not query.strip():
             return _api_error(400, "give the query: GET /api/sql?q=SELECT... or POST it")
-        limit = self._limit(limit_text, self.limits.sql_rows, cap=self.limits.max_sql_rows)
+        default = min(self.limits.sql_rows, self.limits.max_sql_rows)
+        limit = self._limit(limit_text, default, cap=self.limits.max_sql_rows)
         assert limit is not None
         return await self._read(functools.partial(_run_sql, self.store, query, limit, self.limits))
 

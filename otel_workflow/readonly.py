@@ -138,7 +138,7 @@ def check_read_only(query: str) -> str:
     if not statements:
         raise ReadOnlyViolation("the query is empty: give one SELECT statement")
     if len(statements) > 1:
-        raise ReadOnlyViolation(f"give one statement at a time (found {len(statements)})")
+        raise ReadOnlyViolation(f"refused: give one statement at a time (found {len(statements)})")
     [statement] = statements
     kind = statement.type
     if kind == duckdb.StatementType.EXPLAIN:
