@@ -18,8 +18,9 @@ process for DuckDB:
   exporter makes, so the derived executions, steps and logs are the same.
   Retried requests do not duplicate rows: the store skips spans it already has.
 - `GET /api/executions`, `/api/executions/{id}`, `/api/executions/{id}/logs`,
-  `/api/logs`, `/api/stats`, `/api/status` and `GET|POST /api/sql`
-  (read-only) serve the read side as JSON; `GET /healthz` says it is up.
+  `/api/logs`, `/api/stats`, `/api/status` and `GET|POST /api/sql` (the SQL
+  sandbox of `readonly`, time- and row-limited) serve the read side as JSON;
+  `GET /healthz` says it is up.
 
 Safety: the body is limited on the wire and again after decompression, which
 is done incrementally with a cap, so a gzip bomb costs at most the cap; at
