@@ -10,18 +10,19 @@ from otel_workflow.capture import (
 )
 from otel_workflow.config import WorkflowTelemetry, configure
 from otel_workflow.exporter import DuckDBSpanExporter
-from otel_workflow.processor import WorkflowSpanProcessor
-from otel_workflow.queries import (
-    AmbiguousExecutionId,
+from otel_workflow.model.records import (
     ExecutionDetail,
-    ExecutionNotFound,
+    ExecutionRow,
     LogRow,
     PruneReport,
+    StepRow,
     StepStats,
     WorkflowStats,
 )
+from otel_workflow.processor import WorkflowSpanProcessor
+from otel_workflow.queries import AmbiguousExecutionId, ExecutionNotFound
 from otel_workflow.readonly import QueryLimitExceeded, ReadOnlyViolation, SandboxRefusal, SqlLimits
-from otel_workflow.store import ExecutionRow, StepRow, StoreError, TraceStore
+from otel_workflow.store import StoreError, TraceStore
 from otel_workflow.tracer import Execution, Step, WorkflowTracer
 
 __all__ = [

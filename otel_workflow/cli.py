@@ -39,8 +39,16 @@ from otel_workflow import queries, readonly
 from otel_workflow.config import DB_ENV, configure
 from otel_workflow.demo import run_demo
 from otel_workflow.export import FORMATS, export
-from otel_workflow.queries import ExecutionDetail, LogRow, SpanLine, StepStats, WorkflowStats
-from otel_workflow.store import DEFAULT_DB_PATH, ExecutionRow, StepRow, StoreError, TraceStore
+from otel_workflow.model.records import (
+    ExecutionDetail,
+    ExecutionRow,
+    LogRow,
+    SpanLine,
+    StepRow,
+    StepStats,
+    WorkflowStats,
+)
+from otel_workflow.store import DEFAULT_DB_PATH, StoreError, TraceStore
 from otel_workflow.tracer import WorkflowTracer
 
 P = ParamSpec("P")

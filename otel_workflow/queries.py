@@ -14,28 +14,28 @@ import importlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, NamedTuple
 
 import duckdb
 
-# `store` imports this module for its read methods; a module alias resolves through the circle at import
-# time, and the row classes are looked up only when a query runs.
-import otel_workflow.store as _store
+from otel_workflow.model.records import (
+    ExecutionDetail,
+    ExecutionRow,
+    LogRow,
+    PruneReport,
+    SpanLine,
+    StepRow,
+    StepStats,
+    WorkflowStats,
+)
 
 __all__ = [
     "AmbiguousExecutionId",
     "DurationArg",
-    "ExecutionDetail",
     "ExecutionLookupError",
     "ExecutionNotFound",
-    "LogRow",
-    "PruneReport",
-    "SpanLine",
-    "StepStats",
     "TimeArg",
-    "WorkflowStats",
     "parse_duration",
     "parse_time",
 ]
@@ -169,7 +169,7 @@ def list_executions(
     error_contains: str | None = None,
     limit: int | None = 50,
     offset: int = 0,
-) -> list[_store.ExecutionRow]:
+) -> list[ExecutionRow]:
     """Executions matching every given filter, newest first; `since`/`until` bound the start time."""
     where, params = time_window("started_at", since, until)
     for column, values in (("status", _texts(status)), ("workflow_id", _texts(workflow_id))):
@@ -184,7 +184,7 @@ def list_executions(
         where.append("contains(lower(error_message), lower(?))")
         params.append(error_contains)
     clause = f"WHERE {' AND '.join(where)}" if where else ""
-    columns = _columns(_store.ExecutionRow)
+    columns = _columns(ExecutionRow)
     order = "ORDER BY started_at DESC, id"
     # The newest of each half (ended, running), merged: see the comment on `ended_executions` in schema.py.
     head = "" if limit is None else f" LIMIT {int(limit) + int(offset)}"
@@ -197,7 +197,7 @@ def list_executions(
         f") {order}{paging}",
         params * 2,
     ).fetchall()
-    return [_store.ExecutionRow(*row) for row in rows]
+    return [ExecutionRow(*row) for row in rows]
 
 
 def resolve_execution_id(connection: duckdb.DuckDBPyConnection, id_or_prefix: str) -> str:
@@ -258,79 +258,15 @@ def list_steps(
     connection: duckdb.DuckDBPyConnection,
     execution_id: str,
     window: tuple[datetime, datetime] | None = None,
-) -> list[_store.StepRow]:
+) -> list[StepRow]:
     """The steps of one execution in start order (those that started in `window`, when given)."""
     bounded = " AND started_at BETWEEN ? AND ?" if window else ""
     rows = connection.execute(
-        f"SELECT {_columns(_store.StepRow)} FROM execution_steps WHERE execution_id = ?{bounded} "
+        f"SELECT {_columns(StepRow)} FROM execution_steps WHERE execution_id = ?{bounded} "
         "ORDER BY started_at, sequence_num, id",
         [execution_id, *(window or ())],
     ).fetchall()
-    return [_store.StepRow(*row) for row in rows]
-
-
-@dataclass(frozen=True, slots=True)
-class SpanLine:
-    """One line of an execution's waterfall: a span under the execution span (itself included).
-
-    `role` is `execution`, `step`, or None for spans of other instrumentation
-    (HTTP clients, database calls). `status` uses the step vocabulary for all:
-    a plain span is `completed` unless its status is ERROR (`failed`).
-    `offset_ms` counts from the start of the execution; `end_time` and
-    `duration_ms` are None while the span runs.
-    """
-
-    span_id: str
-    parent_span_id: str | None
-    depth: int
-    name: str
-    role: str | None
-    label: str
-    kind: str | None
-    service_name: str | None
-    status: str
-    start_time: datetime
-    end_time: datetime | None
-    offset_ms: float
-    duration_ms: float | None
-    error_message: str | None
-    sequence_num: int | None
-    step_type: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class ExecutionDetail:
-    """One execution: its `workflow_executions` row, its steps, and its waterfall of spans.
-
-    `input_data` / `output_data` of the steps, and `trigger_data`, are JSON
-    texts, None unless I/O capture was on for the execution.
-    """
-
-    id: str
-    workflow_id: str | None
-    status: str
-    trigger_type: str | None
-    triggered_by: str | None
-    started_at: datetime
-    completed_at: datetime | None
-    duration_ms: float | None
-    error_message: str | None
-    current_step: str | None
-    trace_id: str
-    span_id: str
-    service_name: str | None
-    config_version: str | None
-    capture_io: bool
-    trigger_data: str | None
-    steps: list[_store.StepRow] = field(default_factory=list)
-    spans: list[SpanLine] = field(default_factory=list)
-
-    @property
-    def elapsed_ms(self) -> float:
-        """The duration, or for a running execution the time since it started."""
-        if self.duration_ms is not None:
-            return self.duration_ms
-        return (datetime.now(UTC) - self.started_at).total_seconds() * 1000
+    return [StepRow(*row) for row in rows]
 
 
 def get_execution(connection: duckdb.DuckDBPyConnection, id_or_prefix: str) -> ExecutionDetail:
@@ -447,14 +383,14 @@ class _Row(NamedTuple):
 
 def _steps_and_waterfall(
     connection: duckdb.DuckDBPyConnection, detail: ExecutionDetail
-) -> tuple[list[_store.StepRow], list[SpanLine], datetime | None]:
+) -> tuple[list[StepRow], list[SpanLine], datetime | None]:
     """The execution's steps, its waterfall, and the start of the earliest live row with its id (if any)."""
     since, until = _window(detail.started_at, detail.completed_at)
     rows = connection.execute(
         _TRACE_AND_STEPS, {"trace": detail.trace_id, "execution": detail.id, "since": since, "until": until}
     ).fetchall()
     spans: list[tuple[Any, ...]] = []
-    steps: list[_store.StepRow] = []
+    steps: list[StepRow] = []
     live_start: datetime | None = None
     for row in map(_Row._make, rows):
         if row.part == _ENDED_STEP:
@@ -480,8 +416,8 @@ def _steps_and_waterfall(
     return steps, _waterfall(spans, detail.span_id, detail.started_at), live_start
 
 
-def _step(row: _Row, status: str, error: str | None) -> _store.StepRow:
-    return _store.StepRow(
+def _step(row: _Row, status: str, error: str | None) -> StepRow:
+    return StepRow(
         id=row.span_id,
         execution_id=row.execution_id,
         step_name=row.step_name,
@@ -548,21 +484,6 @@ def _waterfall(rows: list[tuple[Any, ...]], root_span_id: str, origin: datetime)
 # -- logs ------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class LogRow:
-    """One row of `execution_logs`; `fields` is the row's JSON object as Python data."""
-
-    id: str
-    workflow_id: str | None
-    execution_id: str
-    step_id: str | None
-    level: str
-    message: str
-    module_name: str | None
-    fields: Any
-    created_at: datetime
-
-
 def list_logs(
     connection: duckdb.DuckDBPyConnection,
     execution_id: str | None = None,
@@ -610,42 +531,6 @@ def list_logs(
 
 
 # -- statistics ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class StepStats:
-    """Per workflow and step name, over the ended steps that started in the window.
-
-    `failure_rate` is `failed / count`. Durations are percentiles in
-    milliseconds over the steps that ran (skipped ones are left out, since
-    they take no time and would pull the percentiles down).
-    """
-
-    workflow_id: str | None
-    step_name: str
-    count: int
-    failed: int
-    skipped: int
-    failure_rate: float
-    p50_ms: float | None
-    p95_ms: float | None
-    p99_ms: float | None
-    max_ms: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class WorkflowStats:
-    """Per workflow, over the executions that started in the window; `running` ones are not in `count`."""
-
-    workflow_id: str | None
-    count: int
-    failed: int
-    running: int
-    failure_rate: float
-    p50_ms: float | None
-    p95_ms: float | None
-    p99_ms: float | None
-    max_ms: float | None
 
 
 STAT_SORTS: Final = {
@@ -743,27 +628,6 @@ def workflow_stats(
 
 
 # -- retention -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PruneReport:
-    """What `prune` removed (or, with `dry_run`, would remove).
-
-    Whole traces go, so an execution never loses part of its steps: a trace
-    is removed when nothing in it happened after the cutoff (its spans' end
-    times and its live rows' start or interruption times are all earlier).
-    """
-
-    cutoff: datetime
-    dry_run: bool
-    traces: int
-    executions: int
-    steps: int
-    logs: int
-    spans: int
-    span_events: int
-    span_links: int
-    running_spans: int
 
 
 def prune(connection: duckdb.DuckDBPyConnection, cutoff: datetime, *, dry_run: bool = False) -> PruneReport:

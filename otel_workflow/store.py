@@ -21,8 +21,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -37,6 +35,15 @@ import pyarrow.compute as pc
 from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_workflow import liveness, queries, readonly
+from otel_workflow.model.records import (
+    ExecutionDetail,
+    ExecutionRow,
+    LogRow,
+    PruneReport,
+    StepRow,
+    StepStats,
+    WorkflowStats,
+)
 from otel_workflow.rows import (
     ConvertedSpans,
     SpanBatch,
@@ -376,43 +383,6 @@ def _open_error(path: str, exc: BaseException, lock_timeout_s: float) -> StoreEr
     if "No space left" in text or "Disk quota" in text:
         return StoreError(f"cannot write the database {path}: the disk is full ({text}).")
     return StoreError(f"cannot open the database {path}: {text}")
-
-
-@dataclass(frozen=True, slots=True)
-class ExecutionRow:
-    """One row of `workflow_executions`."""
-
-    id: str
-    workflow_id: str | None
-    status: str
-    trigger_type: str | None
-    triggered_by: str | None
-    started_at: datetime
-    completed_at: datetime | None
-    duration_ms: float | None
-    error_message: str | None
-    current_step: str | None
-    trace_id: str
-    service_name: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class StepRow:
-    """One row of `execution_steps`."""
-
-    id: str
-    execution_id: str
-    step_name: str
-    step_type: str | None
-    status: str
-    sequence_num: int | None
-    parent_step_id: str | None
-    started_at: datetime
-    completed_at: datetime | None
-    duration_ms: float | None
-    error_message: str | None
-    input_data: str | None
-    output_data: str | None
 
 
 class TraceStore:
@@ -1020,7 +990,7 @@ class TraceStore:
         with self._connect(read_only=self.read_only) as connection:
             return queries.resolve_execution_id(connection, id_or_prefix)
 
-    def execution(self, id_or_prefix: str) -> queries.ExecutionDetail:
+    def execution(self, id_or_prefix: str) -> ExecutionDetail:
         """One execution (by id or unique id prefix) with its steps and the waterfall of its spans."""
         with self._connect(read_only=self.read_only) as connection:
             return queries.get_execution(connection, id_or_prefix)
@@ -1038,7 +1008,7 @@ class TraceStore:
         since: queries.TimeArg = None,
         until: queries.TimeArg = None,
         limit: int | None = None,
-    ) -> list[queries.LogRow]:
+    ) -> list[LogRow]:
         """Log rows in time order: of one execution (id or unique prefix), or of all.
 
         `level` keeps only rows of that level or levels (`info`, `error`,
@@ -1055,7 +1025,7 @@ class TraceStore:
         since: queries.TimeArg = None,
         until: queries.TimeArg = None,
         sort: str = "p95",
-    ) -> list[queries.StepStats]:
+    ) -> list[StepStats]:
         """Per workflow and step: count, failures, failure rate, p50/p95/p99/max duration.
 
         Over the ended steps that started in the window; `sort` is one of
@@ -1073,14 +1043,14 @@ class TraceStore:
         since: queries.TimeArg = None,
         until: queries.TimeArg = None,
         sort: str = "p95",
-    ) -> list[queries.WorkflowStats]:
+    ) -> list[WorkflowStats]:
         """Per workflow: executions ended and running, failures, duration percentiles (as `step_stats`)."""
         with self._connect(read_only=self.read_only) as connection:
             return queries.workflow_stats(
                 connection, workflow_id=workflow_id, since=since, until=until, sort=sort
             )
 
-    def prune(self, older_than: queries.DurationArg, *, dry_run: bool = False) -> queries.PruneReport:
+    def prune(self, older_than: queries.DurationArg, *, dry_run: bool = False) -> PruneReport:
         """Delete the traces in which nothing happened for `older_than` (`"7d"`, a timedelta).
 
         Spans, their events and links, and live rows go together in one

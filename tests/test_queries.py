@@ -16,15 +16,8 @@ from analytics_support import OLD_AGE_S, Filled, build_database
 from conftest import Traced
 
 from otel_workflow import TraceStore
-from otel_workflow.queries import (
-    AmbiguousExecutionId,
-    ExecutionDetail,
-    ExecutionNotFound,
-    LogRow,
-    StepStats,
-    parse_duration,
-    parse_time,
-)
+from otel_workflow.model.records import ExecutionDetail, LogRow, StepStats
+from otel_workflow.queries import AmbiguousExecutionId, ExecutionNotFound, parse_duration, parse_time
 from otel_workflow.readonly import ReadOnlyViolation, check_read_only
 from otel_workflow.store import StoreError
 

@@ -17,7 +17,7 @@ from conftest import Traced
 from opentelemetry import context as otel_context
 
 from otel_workflow import TraceStore
-from otel_workflow.queries import ExecutionDetail
+from otel_workflow.model.records import ExecutionDetail
 from otel_workflow.schema import ensure_schema, rebuild_derived
 
 INTERRUPTED = "interrupted: the process shut down before this span ended"

@@ -1,0 +1,1 @@
+"""What the package's parts exchange: plain records, no behaviour."""

@@ -1,0 +1,195 @@
+"""The records the read side returns: rows of the tables and views of DESIGN.md, as frozen dataclasses.
+
+The store, the queries, the CLI and the server all speak these; this module depends on nothing of
+the package, so any of them can import it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = [
+    "ExecutionDetail",
+    "ExecutionRow",
+    "LogRow",
+    "PruneReport",
+    "SpanLine",
+    "StepRow",
+    "StepStats",
+    "WorkflowStats",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionRow:
+    """One row of `workflow_executions`."""
+
+    id: str
+    workflow_id: str | None
+    status: str
+    trigger_type: str | None
+    triggered_by: str | None
+    started_at: datetime
+    completed_at: datetime | None
+    duration_ms: float | None
+    error_message: str | None
+    current_step: str | None
+    trace_id: str
+    service_name: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StepRow:
+    """One row of `execution_steps`."""
+
+    id: str
+    execution_id: str
+    step_name: str
+    step_type: str | None
+    status: str
+    sequence_num: int | None
+    parent_step_id: str | None
+    started_at: datetime
+    completed_at: datetime | None
+    duration_ms: float | None
+    error_message: str | None
+    input_data: str | None
+    output_data: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SpanLine:
+    """One line of an execution's waterfall: a span under the execution span (itself included).
+
+    `role` is `execution`, `step`, or None for spans of other instrumentation
+    (HTTP clients, database calls). `status` uses the step vocabulary for all:
+    a plain span is `completed` unless its status is ERROR (`failed`).
+    `offset_ms` counts from the start of the execution; `end_time` and
+    `duration_ms` are None while the span runs.
+    """
+
+    span_id: str
+    parent_span_id: str | None
+    depth: int
+    name: str
+    role: str | None
+    label: str
+    kind: str | None
+    service_name: str | None
+    status: str
+    start_time: datetime
+    end_time: datetime | None
+    offset_ms: float
+    duration_ms: float | None
+    error_message: str | None
+    sequence_num: int | None
+    step_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionDetail:
+    """One execution: its `workflow_executions` row, its steps, and its waterfall of spans.
+
+    `input_data` / `output_data` of the steps, and `trigger_data`, are JSON
+    texts, None unless I/O capture was on for the execution.
+    """
+
+    id: str
+    workflow_id: str | None
+    status: str
+    trigger_type: str | None
+    triggered_by: str | None
+    started_at: datetime
+    completed_at: datetime | None
+    duration_ms: float | None
+    error_message: str | None
+    current_step: str | None
+    trace_id: str
+    span_id: str
+    service_name: str | None
+    config_version: str | None
+    capture_io: bool
+    trigger_data: str | None
+    steps: list[StepRow] = field(default_factory=list)
+    spans: list[SpanLine] = field(default_factory=list)
+
+    @property
+    def elapsed_ms(self) -> float:
+        """The duration, or for a running execution the time since it started."""
+        if self.duration_ms is not None:
+            return self.duration_ms
+        return (datetime.now(UTC) - self.started_at).total_seconds() * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class LogRow:
+    """One row of `execution_logs`; `fields` is the row's JSON object as Python data."""
+
+    id: str
+    workflow_id: str | None
+    execution_id: str
+    step_id: str | None
+    level: str
+    message: str
+    module_name: str | None
+    fields: Any
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StepStats:
+    """Per workflow and step name, over the ended steps that started in the window.
+
+    `failure_rate` is `failed / count`. Durations are percentiles in
+    milliseconds over the steps that ran (skipped ones are left out, since
+    they take no time and would pull the percentiles down).
+    """
+
+    workflow_id: str | None
+    step_name: str
+    count: int
+    failed: int
+    skipped: int
+    failure_rate: float
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowStats:
+    """Per workflow, over the executions that started in the window; `running` ones are not in `count`."""
+
+    workflow_id: str | None
+    count: int
+    failed: int
+    running: int
+    failure_rate: float
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class PruneReport:
+    """What `prune` removed (or, with `dry_run`, would remove).
+
+    Whole traces go, so an execution never loses part of its steps: a trace
+    is removed when nothing in it happened after the cutoff (its spans' end
+    times and its live rows' start or interruption times are all earlier).
+    """
+
+    cutoff: datetime
+    dry_run: bool
+    traces: int
+    executions: int
+    steps: int
+    logs: int
+    spans: int
+    span_events: int
+    span_links: int
+    running_spans: int
