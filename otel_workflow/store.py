@@ -492,19 +492,22 @@ class TraceStore:
         finally:
             self._close_file(connection)
 
-    def _open(self, read_only: bool, timeout_s: float | None) -> duckdb.DuckDBPyConnection:
-        """A connection to the file, the hand-over lock taken (`_close_file` gives both back)."""
+    def _open(
+        self, read_only: bool, timeout_s: float | None, config: readonly.DuckDBConfig | None = None
+    ) -> duckdb.DuckDBPyConnection:
+        """A connection to the file, the hand-over lock taken (`_close_file` gives both back).
+
+        With `config` (settings of its own), the connection is the process's only one to the file
+        while it is open: DuckDB refuses a second instance of a file with other settings.
+        """
         timeout_s = self._lock_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
         try:
-            _gate.enter(self.path, timeout_s)
+            _gate.enter(self.path, timeout_s, exclusive=config is not None)
         except FileBusy as exc:
-            raise StoreBusy(
-                f"{self.path} is held by another otel-workflow process that did not let go within "
-                f"{timeout_s:g}s; try again"
-            ) from exc
+            raise StoreBusy(f"{exc} that did not let go within {timeout_s:g}s; try again") from exc
         try:
-            return self._open_file(read_only, max(0.0, deadline - time.monotonic()))
+            return self._open_file(read_only, max(0.0, deadline - time.monotonic()), config)
         except BaseException:
             _gate.leave(self.path)
             raise
@@ -624,8 +627,8 @@ class TraceStore:
     def _sandboxed(self, limits: readonly.SqlLimits) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection of its own DuckDB instance with the sandbox's settings (`readonly`), for one query.
 
-        DuckDB gives a process one instance per file, so this one waits until the process's other
-        connections to the file (the writer's among them) have closed, and keeps them out while it lasts.
+        It waits until the process's other connections to the file (the writer's among them) have
+        closed, and keeps them out while it lasts (see `_open`).
         """
         if self._memory is not None:
             raise StoreError(
@@ -636,15 +639,7 @@ class TraceStore:
             raise StoreError(
                 f"no database at {self.path}: run your traced application or `otel-workflow demo` first"
             )
-        try:
-            _gate.enter(self.path, self._lock_timeout_s, exclusive=True)
-        except FileBusy as exc:
-            raise StoreBusy(f"{exc}, and did not let go within {self._lock_timeout_s:g}s; try again") from exc
-        try:
-            connection = self._open_file(True, self._lock_timeout_s, config=readonly.sandbox_config(limits))
-        except BaseException:
-            _gate.leave(self.path)
-            raise
+        connection = self._open(True, None, readonly.sandbox_config(limits))
         try:
             yield connection
         finally:
