@@ -1,9 +1,11 @@
 """The C parts (the rest is in pyproject.toml): the converter of finished spans
-(otel_workflow/_spanrows.c) and the span processor's per-span hooks (otel_workflow/_spanstart.c).
+(otel_workflow/_native/spanrows.c) and the span processor's per-span hooks
+(otel_workflow/_native/spanstart.c), both reading the recognition rules through
+otel_workflow/_native/conventions.h.
 
 `optional=True`: where no C compiler is found the package installs without them and
-`otel_workflow.rows` and `otel_workflow.processor` do the same work in Python (the same rows
-and attributes, several times the CPU time).
+`otel_workflow.ingest.convert` and `otel_workflow.sdk.processor` do the same work in Python (the
+same rows and attributes, several times the CPU time).
 """
 
 from setuptools import Extension, setup
@@ -11,12 +13,12 @@ from setuptools import Extension, setup
 
 def _c_module(name: str) -> Extension:
     return Extension(
-        f"otel_workflow.{name}",
-        sources=[f"otel_workflow/{name}.c"],
-        depends=["otel_workflow/_conventions.h"],
+        f"otel_workflow._native.{name}",
+        sources=[f"otel_workflow/_native/{name}.c"],
+        depends=["otel_workflow/_native/conventions.h"],
         extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         optional=True,
     )
 
 
-setup(ext_modules=[_c_module("_spanrows"), _c_module("_spanstart")])
+setup(ext_modules=[_c_module("spanrows"), _c_module("spanstart")])

@@ -21,7 +21,7 @@ Setups, all on a fresh TracerProvider in this process:
 - `processor`: WorkflowSpanProcessor() (enrichment only, no store) + `bsp-noop`: the processor's
   share of `ours`;
 - `convert`: `processor`, with an exporter that converts each batch to Arrow rows as the store does
-  (`otel_workflow.rows.SpanConverter`, in C) and discards them: the conversion's share, which holds
+  (`otel_workflow.ingest.convert.SpanConverter`, in C) and discards them: the conversion's share, which holds
   the GIL. `ours` over `convert` is what storing the rows in DuckDB adds;
 - `bsp-busy`: a control, the BatchSpanProcessor with an exporter that spends `--busy-us` (default
   15) microseconds of CPU per span with the GIL released (SHA-256 over a buffer: no Python object is
@@ -60,7 +60,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from otel_workflow import DuckDBSpanExporter, TraceStore, WorkflowSpanProcessor, WorkflowTracer
-from otel_workflow.rows import SpanConverter
+from otel_workflow.ingest.convert import SpanConverter
 
 SETUPS = ("sdk", "bsp-noop", "bsp-otlp", "ours", "processor", "convert", "bsp-busy")
 

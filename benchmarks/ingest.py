@@ -15,7 +15,7 @@ go through, in this process, one after the other:
   steps), the way the BatchSpanProcessor's worker drives it.
 - `otlp-encode`: the standard OTLP exporter's protobuf encoding of the same batches
   (`encode_spans(batch).SerializeToString()`), without sending: the work every OTLP user already pays.
-- `sqlite-rows`: the same rows (`otel_workflow.rows` conversion) inserted into SQLite one `INSERT`
+- `sqlite-rows`: the same rows (`otel_workflow.ingest.convert` conversion) inserted into SQLite one `INSERT`
   per row, one transaction per batch (the old Go tracker's way), on a file.
 
 Targets (issue 5): ours >= 100,000 spans/s, >= 4x otlp-encode, not slower than sqlite-rows.
@@ -47,7 +47,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from otel_workflow import DuckDBSpanExporter, TraceStore, WorkflowTracer
-from otel_workflow.rows import SpanConverter
+from otel_workflow.ingest.convert import SpanConverter
 
 BATCH = 512
 

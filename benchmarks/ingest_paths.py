@@ -17,11 +17,11 @@ The spans are then frozen out of the cyclic GC (`gc.freeze()`): an application n
 50,000 spans at once, and a collection walking them would be charged to whichever method runs.
 
 What is timed, per method, on a fresh DuckDB file (tempfile directory) created by
-`otel_workflow.schema.ensure_schema`, in this process, one transaction per batch of
+`otel_workflow.storage.schema.ensure_schema`, in this process, one transaction per batch of
 `--batch-size` spans (as the store's writer does), with time.perf_counter_ns around each phase of each batch:
 
 - convert: SDK span objects -> rows ready for DuckDB.
-    arrow:      `otel_workflow.rows.SpanConverter().finished(batch)` (pyarrow tables; the C
+    arrow:      `otel_workflow.ingest.convert.SpanConverter().finished(batch)` (pyarrow tables; the C
                 converter where it was built, as in the store).
     appender / executemany: `TupleConverter.finished(batch)` below, the same logic as the
                 Python reference loop (`SpanConverter._python_batch`) line for line, emitting
@@ -37,7 +37,7 @@ What is timed, per method, on a fresh DuckDB file (tempfile directory) created b
     executemany: `conn.executemany("INSERT INTO <table> VALUES (?, ...)", tuples)`, on only
                 the first `--executemany-spans` spans (default 1,024), since it is slow.
     arrow-store (only with --with-store, informational): the Arrow batch through the
-                store's own `otel_workflow.store._insert_finished` statements (skips re-exported
+                store's own `otel_workflow.storage.store._insert_finished` statements (skips re-exported
                 spans, clears `running_spans`), run as one script the way the package's writer does.
 - end-to-end = convert + insert, i.e. span objects -> rows committed.
 
@@ -74,8 +74,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from otel_workflow import conventions as cv
-from otel_workflow.rows import (
+from otel_workflow.ingest.convert import (
     _STATUS_NAMES,
     EVENTS_SCHEMA,
     SPANS_SCHEMA,
@@ -90,9 +89,10 @@ from otel_workflow.rows import (
     plain_attributes,
     span_attributes,
 )
-from otel_workflow.schema import ensure_schema
-from otel_workflow.store import _insert_finished
-from otel_workflow.text import utf8
+from otel_workflow.model import conventions as cv
+from otel_workflow.model.utf8 import utf8
+from otel_workflow.storage.schema import ensure_schema
+from otel_workflow.storage.store import _insert_finished
 
 STEPS_PER_RUN = 4
 CHILDREN_PER_STEP = 3

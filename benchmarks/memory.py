@@ -139,7 +139,7 @@ def main() -> None:
             import duckdb  # noqa: PLC0415
             from queries import generate  # noqa: PLC0415
 
-            from otel_workflow.schema import ensure_schema  # noqa: PLC0415
+            from otel_workflow.storage.schema import ensure_schema  # noqa: PLC0415
 
             big = folder / "big.duckdb"
             with duckdb.connect(str(big)) as connection:

@@ -1,15 +1,14 @@
 """otel-workflow: OpenTelemetry spans as the record of every workflow run, queryable in DuckDB."""
 
 from otel_workflow._version import __version__
-from otel_workflow.capture import (
+from otel_workflow.instrument.capture.flag import (
     CapturePolicy,
     capture_io,
     capture_refused_count,
     configure_capture,
     io_capture_enabled,
 )
-from otel_workflow.config import WorkflowTelemetry, configure
-from otel_workflow.exporter import DuckDBSpanExporter
+from otel_workflow.instrument.tracer import Execution, Step, WorkflowTracer
 from otel_workflow.model.records import (
     ExecutionDetail,
     ExecutionRow,
@@ -19,11 +18,12 @@ from otel_workflow.model.records import (
     StepStats,
     WorkflowStats,
 )
-from otel_workflow.processor import WorkflowSpanProcessor
-from otel_workflow.queries import AmbiguousExecutionId, ExecutionNotFound
-from otel_workflow.readonly import QueryLimitExceeded, ReadOnlyViolation, SandboxRefusal, SqlLimits
-from otel_workflow.store import StoreError, TraceStore
-from otel_workflow.tracer import Execution, Step, WorkflowTracer
+from otel_workflow.query.executions import AmbiguousExecutionId, ExecutionNotFound
+from otel_workflow.query.readonly import QueryLimitExceeded, ReadOnlyViolation, SandboxRefusal, SqlLimits
+from otel_workflow.sdk.exporter import DuckDBSpanExporter
+from otel_workflow.sdk.processor import WorkflowSpanProcessor
+from otel_workflow.sdk.setup import WorkflowTelemetry, configure
+from otel_workflow.storage.store import StoreError, TraceStore
 
 __all__ = [
     "AmbiguousExecutionId",

@@ -1,6 +1,6 @@
 """Helpers of the analytics tests: a database filled by a real traced pipeline, plus one old trace.
 
-`build_database(path)` runs the demo order pipeline (`otel_workflow.demo.run_demo`) through a real
+`build_database(path)` runs the demo order pipeline (`otel_workflow.cli.demo.run_demo`) through a real
 TracerProvider with WorkflowSpanProcessor and BatchSpanProcessor(DuckDBSpanExporter) into a DuckDB
 file, one execution with I/O capture on (id `CAPTURED_ID`), one of a second workflow `billing`
 (id `BILLING_ID`), and one execution ten days old (explicit span timestamps)
@@ -18,7 +18,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind
 
 from otel_workflow import WorkflowTracer, capture_io
-from otel_workflow.demo import run_demo
+from otel_workflow.cli.demo import run_demo
 
 DEMO_EXECUTIONS = 4
 OLD_EXECUTION_ID = "0ld00000-0000-4000-8000-000000000001"

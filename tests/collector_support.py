@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.trace import Link, SpanKind, StatusCode
 
 from otel_workflow import TraceStore, WorkflowTracer, capture_io
-from otel_workflow.collector import Collector, ReceiverLimits
+from otel_workflow.server.app import Collector, ReceiverLimits
 
 #: The tables and views a span turns into; comparing them all is what "derived the same" means.
 TABLES = ("spans", "span_events", "span_links", "workflow_executions", "execution_steps", "execution_logs")

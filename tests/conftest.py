@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from otel_workflow import DuckDBSpanExporter, TraceStore, WorkflowSpanProcessor, WorkflowTracer
-from otel_workflow.capture import capture_limiter
+from otel_workflow.instrument.capture.flag import capture_limiter
 
 SERVICE_NAME = "orders-svc"
 WORKFLOW_ID = "orders"

@@ -14,7 +14,7 @@ from conftest import Traced
 from opentelemetry import trace
 
 from otel_workflow import TraceStore
-from otel_workflow.analytics import MACROS
+from otel_workflow.storage.analytics import MACROS
 
 
 @pytest.fixture(scope="module")

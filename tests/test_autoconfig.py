@@ -20,14 +20,15 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 from opentelemetry.trace import NoOpTracerProvider
 
-from otel_workflow import TraceStore, WorkflowSpanProcessor, WorkflowTracer, autoconfig
-from otel_workflow.autoconfig import WorkflowDuckDBExporter, install_processor, post_instrument
+from otel_workflow import TraceStore, WorkflowSpanProcessor, WorkflowTracer
+from otel_workflow.sdk import autoconfig
+from otel_workflow.sdk.autoconfig import WorkflowDuckDBExporter, install_processor, post_instrument
 
 MISSING = """the entry point is not registered: pyproject.toml needs
 [project.entry-points.opentelemetry_traces_exporter]
-workflow_duckdb = "otel_workflow.autoconfig:WorkflowDuckDBExporter"
+workflow_duckdb = "otel_workflow.sdk.autoconfig:WorkflowDuckDBExporter"
 [project.entry-points.opentelemetry_post_instrument]
-otel_workflow = "otel_workflow.autoconfig:post_instrument"
+otel_workflow = "otel_workflow.sdk.autoconfig:post_instrument"
 and a reinstall (pip install -e .)"""
 
 

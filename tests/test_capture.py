@@ -14,7 +14,7 @@ import pytest
 from capture_support import OtlpReceiver, Service, make_service, proto_attributes, proto_events
 
 from otel_workflow import capture_io, io_capture_enabled
-from otel_workflow.capture import (
+from otel_workflow.instrument.capture.flag import (
     CapturePolicy,
     CaptureRateLimiter,
     capture_limiter,

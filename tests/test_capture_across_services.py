@@ -20,8 +20,8 @@ from opentelemetry import propagate, trace
 from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
 
 from otel_workflow import capture_io, io_capture_enabled, wsgi
-from otel_workflow.capture import capture_limiter, configure_capture
-from otel_workflow.http_edge import RequestInfo
+from otel_workflow.instrument.capture.flag import capture_limiter, configure_capture
+from otel_workflow.instrument.http.edge import RequestInfo
 
 SECRET = "b-side-secret-51d0"
 

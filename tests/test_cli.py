@@ -21,7 +21,7 @@ from analytics_support import Filled, build_database
 from click.testing import CliRunner, Result
 from conftest import Traced
 
-from otel_workflow.cli import main
+from otel_workflow.cli.commands import main
 
 
 @pytest.fixture(scope="module")

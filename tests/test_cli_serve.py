@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from support import otel_workflow_command
 
 from otel_workflow import TraceStore, WorkflowSpanProcessor, WorkflowTracer
-from otel_workflow.demo import run_demo
+from otel_workflow.cli.demo import run_demo
 
 
 def free_port() -> int:

@@ -40,7 +40,8 @@ from reliability_support import lock_held
 from support import wait_until
 
 from otel_workflow import TraceStore, WorkflowSpanProcessor
-from otel_workflow.collector import (
+from otel_workflow.export.files import export_otlp_json
+from otel_workflow.server.app import (
     DEFAULT_HOST,
     DEFAULT_PORT,
     Collector,
@@ -48,7 +49,6 @@ from otel_workflow.collector import (
     _check_exposure,
     serve,
 )
-from otel_workflow.export import export_otlp_json
 
 PROTOBUF = "application/x-protobuf"
 
@@ -161,7 +161,7 @@ def test_spans_with_invalid_ids_are_reported_as_partial_success(collector: Serve
     assert answer["partialSuccess"]["rejectedSpans"] == "1"
     assert "span_id must be 8 bytes" in answer["partialSuccess"]["errorMessage"]
 
-    from otel_workflow.otlp_decode import parse_json  # noqa: PLC0415 - the same request, as protobuf
+    from otel_workflow.otlp.decode import parse_json  # noqa: PLC0415 - the same request, as protobuf
 
     body = parse_json(json.dumps(document)).SerializeToString()
     status, headers, raw = post(collector.traces_url, body, PROTOBUF)
@@ -247,7 +247,7 @@ def test_bad_requests_get_their_status_and_the_server_keeps_serving(
 
 @pytest.mark.parametrize("chunk", [1, 7, 4096, 1 << 20])
 def test_decompression_is_incremental_and_capped(chunk: int) -> None:
-    from otel_workflow.collector import _Inflater, _TooLarge  # noqa: PLC0415 - the mechanism itself
+    from otel_workflow.server.app import _Inflater, _TooLarge  # noqa: PLC0415 - the mechanism itself
 
     data = bytes(range(256)) * 400
     compressed = gzip.compress(data) + gzip.compress(data[:100])  # two members
@@ -514,7 +514,7 @@ def test_any_body_gets_200_or_400_and_never_stops_the_server(
 
 SERVE = """
 import sys
-from otel_workflow.collector import serve
+from otel_workflow.server.app import serve
 serve(sys.argv[1], port=0, on_ready=lambda url: print(url, flush=True), log_level="warning")
 print("closed", flush=True)
 """

@@ -18,7 +18,7 @@ from collector_support import served
 from reliability_support import FORK_WARNING
 
 from otel_workflow import TraceStore
-from otel_workflow.collector import ReceiverLimits
+from otel_workflow.server.app import ReceiverLimits
 
 RUNS = 8
 STEPS = 4

@@ -22,7 +22,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Status as ProtoStatus
 from support import epoch_us
 
 from otel_workflow import TraceStore
-from otel_workflow.export import PARQUET_TABLES, export, export_jaeger_json, export_otlp_json
+from otel_workflow.export.files import PARQUET_TABLES, export, export_jaeger_json, export_otlp_json
 
 
 @pytest.fixture(scope="module")

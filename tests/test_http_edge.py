@@ -27,8 +27,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from otel_workflow import asgi, io_capture_enabled, wsgi
-from otel_workflow.capture import capture_limiter, capture_refused_count, configure_capture
-from otel_workflow.http_edge import RequestInfo
+from otel_workflow.instrument.capture.flag import capture_limiter, capture_refused_count, configure_capture
+from otel_workflow.instrument.http.edge import RequestInfo
 
 SECRET = "pa55-w0rd-7c1e"
 FLAG = "workflow.capture_io=true"

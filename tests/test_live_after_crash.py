@@ -15,7 +15,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from reliability_support import FORK_WARNING, start_python, stop
 
-from otel_workflow import DuckDBSpanExporter, TraceStore, WorkflowTracer, liveness
+from otel_workflow import DuckDBSpanExporter, TraceStore, WorkflowTracer
+from otel_workflow.storage import liveness
 
 pytestmark = pytest.mark.skipif(not liveness.PLACE, reason="no boot id or pid namespace to tell processes by")
 

@@ -1,4 +1,4 @@
-"""The C converter (`otel_workflow/_spanrows.c`) gives the rows of the Python one, the reference.
+"""The C converter (`otel_workflow/_native/spanrows.c`) gives the rows of the Python one, the reference.
 
 Spans come from the real SDK (its attribute cleaning, bounded containers, events and links) and,
 for values the SDK would not let through, from `ReadableSpan`s built by hand. Whatever the C code
@@ -26,13 +26,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from otel_workflow import conventions as cv
-from otel_workflow import rows
-from otel_workflow.rows import ConvertedSpans, SpanBatch, SpanConverter, owner_of, running_rows
+from otel_workflow.ingest import convert as rows
+from otel_workflow.ingest.convert import ConvertedSpans, SpanBatch, SpanConverter, owner_of, running_rows
+from otel_workflow.model import conventions as cv
 
 pytestmark = pytest.mark.skipif(
     not SpanConverter().native and not os.environ.get("OTEL_WORKFLOW_REQUIRE_NATIVE"),
-    reason="otel_workflow._spanrows was not built (no C compiler at install)",
+    reason="otel_workflow._native.spanrows was not built (no C compiler at install)",
 )
 
 

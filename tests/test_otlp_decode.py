@@ -24,14 +24,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_workflow import WorkflowSpanProcessor
-from otel_workflow.otlp_decode import (
+from otel_workflow.ingest.convert import SpanConverter
+from otel_workflow.otlp.decode import (
     DecodeError,
     decode_json,
     decode_protobuf,
     response_json,
     response_protobuf,
 )
-from otel_workflow.rows import SpanConverter
 
 TRACE_ID = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
 SPAN_ID = bytes.fromhex("b7ad6b7169203331")

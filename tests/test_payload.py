@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from otel_workflow.payload import MAX_PAYLOAD_BYTES, serialize_payload, to_jsonable
-from otel_workflow.redaction import Redactor
+from otel_workflow.instrument.capture.payload import MAX_PAYLOAD_BYTES, serialize_payload, to_jsonable
+from otel_workflow.instrument.capture.redaction import Redactor
 
 
 def load(text: str, limit: int = MAX_PAYLOAD_BYTES) -> Any:

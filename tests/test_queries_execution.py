@@ -18,7 +18,7 @@ from opentelemetry import context as otel_context
 
 from otel_workflow import TraceStore
 from otel_workflow.model.records import ExecutionDetail
-from otel_workflow.schema import ensure_schema, rebuild_derived
+from otel_workflow.storage.schema import ensure_schema, rebuild_derived
 
 INTERRUPTED = "interrupted: the process shut down before this span ended"
 

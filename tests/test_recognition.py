@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Span, Status, StatusCode, Tracer, format_span_id
 
 from otel_workflow import DuckDBSpanExporter, TraceStore
-from otel_workflow.conventions import (
+from otel_workflow.model.conventions import (
     Recognised,
     execution_id_of,
     plainly_not_workflow,

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from otel_workflow.payload import serialize_payload
-from otel_workflow.redaction import DEFAULT_SECRET_KEYS, REDACTED, Redactor, luhn_valid
+from otel_workflow.instrument.capture.payload import serialize_payload
+from otel_workflow.instrument.capture.redaction import DEFAULT_SECRET_KEYS, REDACTED, Redactor, luhn_valid
 
 SECRET = "s3cr3t-value-Zq9"
 CARDS = [

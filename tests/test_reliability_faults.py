@@ -34,7 +34,7 @@ from otel_workflow import (
     WorkflowTracer,
     configure,
 )
-from otel_workflow.schema import VERSION_TABLE
+from otel_workflow.storage.schema import VERSION_TABLE
 
 STEPS = 2
 

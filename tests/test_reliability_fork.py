@@ -167,7 +167,7 @@ def test_multiprocessing_fork_workers_store_every_span(tmp_path: Path) -> None:
 
 INHERITED = """
 import json, os, sys
-import otel_workflow.store as store_module
+import otel_workflow.storage.store as store_module
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from otel_workflow import DuckDBSpanExporter, TraceStore, WorkflowTracer

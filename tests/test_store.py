@@ -32,7 +32,7 @@ from otel_workflow import (
     WorkflowTracer,
     capture_io,
 )
-from otel_workflow.schema import SCHEMA_VERSION, VERSION_TABLE
+from otel_workflow.storage.schema import SCHEMA_VERSION, VERSION_TABLE
 
 
 def capture_spans() -> tuple[list[ReadableSpan], str]:

@@ -34,10 +34,10 @@ from otel_workflow import (
     WorkflowSpanProcessor,
     WorkflowTracer,
     capture_io,
-    numbering,
-    processor,
 )
-from otel_workflow.tracer import new_execution_id
+from otel_workflow.instrument import numbering
+from otel_workflow.instrument.tracer import new_execution_id
+from otel_workflow.sdk import processor
 
 
 @pytest.fixture(autouse=True, params=["c-hooks", "python-hooks"])
@@ -47,8 +47,8 @@ def hooks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> st
         monkeypatch.setattr(processor, "_spanstart", None)
     elif processor._spanstart is None:
         if os.environ.get("OTEL_WORKFLOW_REQUIRE_NATIVE"):
-            pytest.fail("the C hooks (otel_workflow._spanstart) were not built")
-        pytest.skip("the C hooks (otel_workflow._spanstart) were not built")
+            pytest.fail("the C hooks (otel_workflow._native.spanstart) were not built")
+        pytest.skip("the C hooks (otel_workflow._native.spanstart) were not built")
     return str(request.param)
 
 
@@ -584,7 +584,7 @@ def test_execution_ids_are_uuid4_and_ignore_the_applications_random_seed() -> No
 
 _FORKED_IDS = """
 import os
-from otel_workflow.tracer import new_execution_id
+from otel_workflow.instrument.tracer import new_execution_id
 
 new_execution_id()
 read, write = os.pipe()

@@ -22,8 +22,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from support import wait_until
 
 from otel_workflow import TraceStore, WorkflowSpanProcessor, WorkflowTracer
-from otel_workflow import store as store_module
-from otel_workflow.store import _gate
+from otel_workflow.storage import store as store_module
+from otel_workflow.storage.store import _gate
 
 _READER = textwrap.dedent(
     """

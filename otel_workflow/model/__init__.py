@@ -1,1 +1,1 @@
-"""What the package's parts exchange: plain records, no behaviour."""
+"""What every layer shares: the records the read side returns and the recognition rules (attribute names)."""

@@ -1,5 +1,5 @@
 /*
- * The recognition rules of otel_workflow.conventions that both C modules (_spanrows.c, _spanstart.c)
+ * The recognition rules of otel_workflow.model.conventions that both C modules (spanrows.c, spanstart.c)
  * apply, written once.
  */
 #ifndef OTEL_WORKFLOW_CONVENTIONS_H

@@ -10,9 +10,9 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
-from otel_workflow.exporter import DuckDBSpanExporter
-from otel_workflow.processor import WorkflowSpanProcessor
-from otel_workflow.store import DEFAULT_DB_PATH, DEFAULT_MAX_QUEUED_SPANS, TraceStore
+from otel_workflow.sdk.exporter import DuckDBSpanExporter
+from otel_workflow.sdk.processor import WorkflowSpanProcessor
+from otel_workflow.storage.store import DEFAULT_DB_PATH, DEFAULT_MAX_QUEUED_SPANS, TraceStore
 
 DB_ENV = "OTEL_WORKFLOW_DB"
 

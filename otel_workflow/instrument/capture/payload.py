@@ -54,8 +54,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from otel_workflow.redaction import REDACTED, Redactor
-from otel_workflow.text import utf8
+from otel_workflow.instrument.capture.redaction import REDACTED, Redactor
+from otel_workflow.model.utf8 import utf8
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",

@@ -15,7 +15,7 @@
 #include <Python.h>
 #include <structmember.h>
 
-#include "_conventions.h"
+#include "conventions.h"
 
 static PyObject *s_name, *s_attributes, *s_parent, *s_context, *s_inner_dict, *s_public_context,
     *s_set_attributes, *s_hex_format, *s_open, *s_spans, *s_limit, *s_refused, *s_dropped, *s_wake;
@@ -645,7 +645,7 @@ static PyMemberDef hook_members[] = {
 };
 
 static PyTypeObject HooksType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "otel_workflow._spanstart.Hooks",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "otel_workflow._native.spanstart.Hooks",
     .tp_doc = "WorkflowSpanProcessor's on_start and on_end for SDK spans (see processor._PythonHooks).",
     .tp_basicsize = sizeof(Hooks),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
@@ -660,12 +660,12 @@ static PyTypeObject HooksType = {
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "otel_workflow._spanstart",
-    .m_doc = "WorkflowSpanProcessor's per-span hooks in C (see otel_workflow.processor).",
+    .m_name = "otel_workflow._native.spanstart",
+    .m_doc = "WorkflowSpanProcessor's per-span hooks in C (see otel_workflow.sdk.processor).",
     .m_size = -1,
 };
 
-PyMODINIT_FUNC PyInit__spanstart(void) {
+PyMODINIT_FUNC PyInit_spanstart(void) {
 #define INTERN(var, text)                                                                          \
     if ((var = PyUnicode_InternFromString(text)) == NULL) {                                        \
         return NULL;                                                                               \

@@ -13,7 +13,7 @@ step records anything, and the refusal is counted (`capture_refused_count()`)
 and logged at most once a minute. Steps recorded outside any execution are not
 rate-limited.
 
-The HTTP middlewares (`otel_workflow.asgi`, `otel_workflow.wsgi`) set the
+The HTTP middlewares (`otel_workflow.instrument.http.asgi`, `otel_workflow.instrument.http.wsgi`) set the
 switch from a request header and publish the request's trigger
 (`current_request_trigger()`), which `WorkflowTracer.execution()` uses when its
 caller names no trigger.
@@ -36,10 +36,20 @@ from opentelemetry import baggage
 from opentelemetry import context as otel_context
 from opentelemetry.trace import Span
 
-from otel_workflow import conventions as cv
-from otel_workflow.payload import MAX_PAYLOAD_BYTES, MIN_LIMIT, PayloadRedactor, serialize_payload
-from otel_workflow.redaction import DEFAULT_SECRET_KEYS, FieldRedactor, KeyPattern, Redactor
-from otel_workflow.scope import Closer, ReusableScope
+from otel_workflow.instrument.capture.payload import (
+    MAX_PAYLOAD_BYTES,
+    MIN_LIMIT,
+    PayloadRedactor,
+    serialize_payload,
+)
+from otel_workflow.instrument.capture.redaction import (
+    DEFAULT_SECRET_KEYS,
+    FieldRedactor,
+    KeyPattern,
+    Redactor,
+)
+from otel_workflow.instrument.scope import Closer, ReusableScope
+from otel_workflow.model import conventions as cv
 
 __all__ = [
     "CAPTURE_IO_BAGGAGE_KEY",

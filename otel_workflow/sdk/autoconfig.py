@@ -39,10 +39,10 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from otel_workflow.config import DB_ENV, default_db_path
-from otel_workflow.exporter import DuckDBSpanExporter
-from otel_workflow.processor import WorkflowSpanProcessor
-from otel_workflow.store import StoreError, TraceStore
+from otel_workflow.sdk.exporter import DuckDBSpanExporter
+from otel_workflow.sdk.processor import WorkflowSpanProcessor
+from otel_workflow.sdk.setup import DB_ENV, default_db_path
+from otel_workflow.storage.store import StoreError, TraceStore
 
 __all__ = [
     "DB_ENV",

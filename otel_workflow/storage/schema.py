@@ -15,7 +15,7 @@ from typing import Final
 
 import duckdb
 
-from otel_workflow.analytics import create_analytics
+from otel_workflow.storage.analytics import create_analytics
 
 SCHEMA_VERSION: Final = 1
 

@@ -34,7 +34,15 @@ except ImportError:  # Windows: no hand-over lock (see `_ConnectionGate`)
 import pyarrow.compute as pc
 from opentelemetry.sdk.trace import ReadableSpan
 
-from otel_workflow import liveness, queries, readonly
+from otel_workflow.ingest.convert import (
+    ConvertedSpans,
+    SpanBatch,
+    SpanConverter,
+    prepare_conversion,
+    running_rows,
+    tables_of,
+)
+from otel_workflow.ingest.writer import BackgroundWriter, LiveRowGate, RetryLater
 from otel_workflow.model.records import (
     ExecutionDetail,
     ExecutionRow,
@@ -44,16 +52,10 @@ from otel_workflow.model.records import (
     StepStats,
     WorkflowStats,
 )
-from otel_workflow.rows import (
-    ConvertedSpans,
-    SpanBatch,
-    SpanConverter,
-    prepare_conversion,
-    running_rows,
-    tables_of,
-)
-from otel_workflow.schema import SchemaVersionError, derive_statements, ensure_schema, rebuild_derived
-from otel_workflow.writer import BackgroundWriter, LiveRowGate, RetryLater
+from otel_workflow.query import executions as queries
+from otel_workflow.query import readonly
+from otel_workflow.storage import liveness
+from otel_workflow.storage.schema import SchemaVersionError, derive_statements, ensure_schema, rebuild_derived
 
 logger = logging.getLogger("otel_workflow")
 

@@ -1,4 +1,4 @@
-"""Types of the processor's C hooks (`_spanstart.c`); `otel_workflow.processor` is their only caller."""
+"""Types of the processor's C hooks (`spanstart.c`); `otel_workflow.sdk.processor` is their only caller."""
 
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar

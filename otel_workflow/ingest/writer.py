@@ -57,7 +57,7 @@ from typing import Any, Final, Protocol
 from opentelemetry import metrics
 from opentelemetry.sdk.trace import ReadableSpan
 
-from otel_workflow.rows import span_owners
+from otel_workflow.ingest.convert import span_owners
 
 logger = logging.getLogger("otel_workflow")
 

@@ -30,8 +30,8 @@ from typing import IO, Any, Final
 
 import duckdb
 
-from otel_workflow import queries
-from otel_workflow.store import TraceStore
+from otel_workflow.query import executions as queries
+from otel_workflow.storage.store import TraceStore
 
 __all__ = ["FORMATS", "PARQUET_TABLES", "ExportSummary", "export", "export_jaeger_json", "export_otlp_json"]
 

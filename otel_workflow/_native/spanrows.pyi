@@ -1,4 +1,4 @@
-"""Types of the C converter (`_spanrows.c`); `otel_workflow.rows` is its only caller."""
+"""Types of the C converter (`_native/spanrows.c`); `otel_workflow.ingest.convert` is its only caller."""
 
 from collections.abc import Callable, Mapping
 from typing import Any

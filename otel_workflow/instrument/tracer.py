@@ -22,17 +22,17 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
-from otel_workflow import conventions as cv
-from otel_workflow import numbering
 from otel_workflow._version import __version__
-from otel_workflow.capture import (
+from otel_workflow.instrument import numbering
+from otel_workflow.instrument.capture.flag import (
     EXECUTION_INPUT_EVENT,
     begin_execution_capture,
     current_request_trigger,
     io_capture_enabled,
     record_payload,
 )
-from otel_workflow.scope import Closer, ReusableScope
+from otel_workflow.instrument.scope import Closer, ReusableScope
+from otel_workflow.model import conventions as cv
 
 __all__ = ["Execution", "ExecutionScope", "Step", "StepScope", "WorkflowTracer"]
 
@@ -101,7 +101,7 @@ class Step:
         """Record the step's input, when I/O capture is on in the current context; else do nothing.
 
         The object is turned into JSON (any type), redacted and cut to the policy's
-        size limit (`otel_workflow.capture.configure_capture`), then attached as
+        size limit (`otel_workflow.instrument.capture.flag.configure_capture`), then attached as
         event `workflow.step.input`. Never raises.
         """
         # The switch is checked before anything else: with capture off this costs one baggage lookup.
@@ -323,7 +323,7 @@ class WorkflowTracer:
         """A workflow run. `execution_id` defaults to a new UUID (a decorator always makes a new one).
 
         `trigger_type` and `triggered_by` default, inside the HTTP middleware
-        (`otel_workflow.asgi` / `otel_workflow.wsgi`), to the request's
+        (`otel_workflow.instrument.http.asgi` / `otel_workflow.instrument.http.wsgi`), to the request's
         "METHOD /path" and user. `trigger_data` (the request body, a message...)
         is recorded only when I/O capture is on, redacted and bounded like step
         I/O, as event `workflow.execution.input` of the execution span.

@@ -35,10 +35,9 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from otel_workflow import queries, readonly
-from otel_workflow.config import DB_ENV, configure
-from otel_workflow.demo import run_demo
-from otel_workflow.export import FORMATS, export
+from otel_workflow.cli.demo import run_demo
+from otel_workflow.export.files import FORMATS, export
+from otel_workflow.instrument.tracer import WorkflowTracer
 from otel_workflow.model.records import (
     ExecutionDetail,
     ExecutionRow,
@@ -48,8 +47,10 @@ from otel_workflow.model.records import (
     StepStats,
     WorkflowStats,
 )
-from otel_workflow.store import DEFAULT_DB_PATH, StoreError, TraceStore
-from otel_workflow.tracer import WorkflowTracer
+from otel_workflow.query import executions as queries
+from otel_workflow.query import readonly
+from otel_workflow.sdk.setup import DB_ENV, configure
+from otel_workflow.storage.store import DEFAULT_DB_PATH, StoreError, TraceStore
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -953,8 +954,8 @@ def serve(
     """
     try:
         # Imported here: starlette and uvicorn are an optional extra that only this command needs.
-        from otel_workflow.collector import ReceiverLimits  # noqa: PLC0415
-        from otel_workflow.collector import serve as run_collector  # noqa: PLC0415
+        from otel_workflow.server.app import ReceiverLimits  # noqa: PLC0415
+        from otel_workflow.server.app import serve as run_collector  # noqa: PLC0415
     except ImportError as exc:
         raise click.ClickException(
             f"{_first_line(exc)}: install the collector extra, pip install 'otel-workflow[collector]'"

@@ -7,7 +7,7 @@ Nothing here raises on odd input: values that JSON cannot hold are stored as tex
 and strings that are not valid UTF-8 (lone surrogates) are stored with replacement
 characters.
 
-The conversion runs in C (`_spanrows.c`, built at install where a compiler is found)
+The conversion runs in C (`_native/spanrows.c`, built at install where a compiler is found)
 and in Python (`SpanConverter._python_batch`), which is the reference: both give the
 same rows (tests/test_native_rows.py), and whatever the C code does not read (a span
 class of another shape, an odd value) it hands to the Python loop.
@@ -31,11 +31,11 @@ from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from otel_workflow import conventions as cv
-from otel_workflow.text import utf8
+from otel_workflow.model import conventions as cv
+from otel_workflow.model.utf8 import utf8
 
 try:
-    from otel_workflow import _spanrows
+    from otel_workflow._native import spanrows as _spanrows
 except ImportError:  # installed where no C compiler was found: the Python loop does the same work
     _spanrows = None  # type: ignore[assignment]
 

@@ -1,7 +1,7 @@
 /*
  * The writer's hot loop in C: SDK spans -> Arrow record batches (spans, span_events, span_links).
  *
- * `otel_workflow.rows.SpanConverter` is the reference: this module produces the same rows, column
+ * `otel_workflow.ingest.convert.SpanConverter` is the reference: this module produces the same rows, column
  * for column (tests/test_native_rows.py compares them on generated spans). It exists because the
  * writer's Python time is GIL time taken from the application it observes (about 15 us per span in
  * Python, README "Performance"). Anything out of the ordinary is handed back to Python, either for
@@ -20,7 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "_conventions.h"
+#include "conventions.h"
 
 /* ---- Arrow C data interface (https://arrow.apache.org/docs/format/CDataInterface.html) ---- */
 
@@ -1517,13 +1517,13 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "otel_workflow._spanrows",
-    .m_doc = "SDK spans to Arrow batches in C (see otel_workflow.rows).",
+    .m_name = "otel_workflow._native.spanrows",
+    .m_doc = "SDK spans to Arrow batches in C (see otel_workflow.ingest.convert).",
     .m_size = -1,
     .m_methods = methods,
 };
 
-PyMODINIT_FUNC PyInit__spanrows(void) {
+PyMODINIT_FUNC PyInit_spanrows(void) {
     if (intern_names() < 0) {
         return NULL;
     }
@@ -1531,7 +1531,7 @@ PyMODINIT_FUNC PyInit__spanrows(void) {
     if (module == NULL) {
         return NULL;
     }
-    Unsupported = PyErr_NewException("otel_workflow._spanrows.Unsupported", PyExc_TypeError, NULL);
+    Unsupported = PyErr_NewException("otel_workflow._native.spanrows.Unsupported", PyExc_TypeError, NULL);
     if (Unsupported == NULL || PyModule_AddObjectRef(module, "Unsupported", Unsupported) < 0) {
         Py_DECREF(module);
         return NULL;

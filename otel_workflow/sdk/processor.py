@@ -8,7 +8,7 @@ builds the row only if the span is still running when it gets to it).
 Per-execution state lives only until the execution span ends, so memory does
 not grow with the number of runs.
 
-The per-span work is done by hooks: in C (`_spanstart.c`) for the SDK's span
+The per-span work is done by hooks: in C (`_native/spanstart.c`) for the SDK's span
 classes where the extension is built, else by `_PythonHooks`, the reference.
 """
 
@@ -27,14 +27,14 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace.propagation import _SPAN_KEY
 from opentelemetry.util.types import AttributeValue
 
-from otel_workflow import conventions as cv
-from otel_workflow import numbering
-from otel_workflow.rows import hex_span_id, span_attributes
-from otel_workflow.store import TraceStore
-from otel_workflow.writer import LiveRowGate
+from otel_workflow.ingest.convert import hex_span_id, span_attributes
+from otel_workflow.ingest.writer import LiveRowGate
+from otel_workflow.instrument import numbering
+from otel_workflow.model import conventions as cv
+from otel_workflow.storage.store import TraceStore
 
 try:
-    from otel_workflow import _spanstart
+    from otel_workflow._native import spanstart as _spanstart
 except ImportError:  # built without a C compiler: the Python hooks do the same work
     _spanstart = None  # type: ignore[assignment]
 

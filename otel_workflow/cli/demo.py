@@ -13,7 +13,7 @@ import time
 
 from opentelemetry.trace import SpanKind
 
-from otel_workflow.tracer import WorkflowTracer
+from otel_workflow.instrument.tracer import WorkflowTracer
 
 
 class PaymentGatewayTimeout(Exception):

@@ -76,16 +76,17 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
         "pip install 'otel-workflow[collector]'"
     ) from _exc
 
-from otel_workflow import queries, readonly
-from otel_workflow.config import default_db_path
-from otel_workflow.otlp_decode import (
+from otel_workflow.otlp.decode import (
     DecodeError,
     decode_json,
     decode_protobuf,
     response_json,
     response_protobuf,
 )
-from otel_workflow.store import StoreError, TraceStore
+from otel_workflow.query import executions as queries
+from otel_workflow.query import readonly
+from otel_workflow.sdk.setup import default_db_path
+from otel_workflow.storage.store import StoreError, TraceStore
 
 __all__ = [
     "DEFAULT_HOST",

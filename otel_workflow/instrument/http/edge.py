@@ -36,7 +36,7 @@ from opentelemetry import baggage
 from opentelemetry import context as otel_context
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 
-from otel_workflow.capture import CAPTURE_IO_BAGGAGE_KEY, RequestTrigger, io_capture_enabled
+from otel_workflow.instrument.capture.flag import CAPTURE_IO_BAGGAGE_KEY, RequestTrigger, io_capture_enabled
 
 __all__ = [
     "DEFAULT_HEADER",

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from otel_workflow.store import DEFAULT_DB_PATH, TraceStore
+from otel_workflow.storage.store import DEFAULT_DB_PATH, TraceStore
 
 logger = logging.getLogger("otel_workflow")
 

@@ -1,0 +1,1 @@
+"""The `otel-workflow` command line."""

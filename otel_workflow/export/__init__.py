@@ -1,0 +1,1 @@
+"""Stored spans to files: Jaeger JSON, OTLP JSON, Parquet."""

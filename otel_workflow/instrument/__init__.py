@@ -1,0 +1,1 @@
+"""What the application calls: the workflow tracer, I/O capture and the HTTP edge middlewares."""

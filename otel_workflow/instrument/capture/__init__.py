@@ -1,0 +1,1 @@
+"""Step input/output capture: the baggage flag, the payload encoder, redaction."""

@@ -1,0 +1,1 @@
+"""OTLP messages: decoding received requests, encoding spans and responses."""

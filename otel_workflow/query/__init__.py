@@ -1,0 +1,1 @@
+"""The read side: executions, steps, logs, statistics, time parsing, and the SQL sandbox."""

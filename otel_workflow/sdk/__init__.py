@@ -1,0 +1,1 @@
+"""The OpenTelemetry SDK side: span processor, span exporter, `configure()`, autoconfig entry points."""
