@@ -37,7 +37,7 @@ What is timed, per method, on a fresh DuckDB file (tempfile directory) created b
     executemany: `conn.executemany("INSERT INTO <table> VALUES (?, ...)", tuples)`, on only
                 the first `--executemany-spans` spans (default 1,024), since it is slow.
     arrow-store (only with --with-store, informational): the Arrow batch through the
-                store's own `otel_workflow.storage.store._insert_finished` statements (skips re-exported
+                store's own `otel_workflow.storage.write.insert_finished` statements (skips re-exported
                 spans, clears `running_spans`), run as one script the way the package's writer does.
 - end-to-end = convert + insert, i.e. span objects -> rows committed.
 
@@ -92,7 +92,7 @@ from otel_workflow.ingest.convert import (
 from otel_workflow.model import conventions as cv
 from otel_workflow.model.utf8 import utf8
 from otel_workflow.storage.schema import ensure_schema
-from otel_workflow.storage.store import _insert_finished
+from otel_workflow.storage.write import insert_finished
 
 STEPS_PER_RUN = 4
 CHILDREN_PER_STEP = 3
@@ -357,7 +357,7 @@ def run_arrow_store(conn: duckdb.DuckDBPyConnection, batches: Sequence[Sequence[
         batch = converter.finished(spans)
         t1 = clock()
         conn.execute("BEGIN TRANSACTION")
-        conn.execute(";\n".join(_insert_finished(conn, batch)))  # the statements, as one script
+        conn.execute(";\n".join(insert_finished(conn, batch)))  # the statements, as one script
         conn.execute("COMMIT")
         t2 = clock()
         timing.convert_ns += t1 - t0
@@ -523,7 +523,7 @@ def print_results(methods: Sequence[Method]) -> None:
             f"{rate(t.spans, t.total_ns):>12,.0f} {spread:>9.0f}%"
         )
     if any(m.informational for m in methods):
-        print("  * the Arrow batch through store._insert_finished (dedup check + running_spans delete)")
+        print("  * the Arrow batch through write.insert_finished (dedup check + running_spans delete)")
     print("  e2e spread: (max - min) / median of the end-to-end time over the repetitions")
 
     def ratio(a: str, b: str, attr: str) -> float:
@@ -562,7 +562,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--with-store",
         action="store_true",
-        help="also time the Arrow batch through the store's own _insert_finished (arrow-store)",
+        help="also time the Arrow batch through the store's own insert_finished (arrow-store)",
     )
     parser.add_argument("--seed", type=int, default=7, help="seed of the generated attribute values")
     args = parser.parse_args(argv)

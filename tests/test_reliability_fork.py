@@ -167,12 +167,12 @@ def test_multiprocessing_fork_workers_store_every_span(tmp_path: Path) -> None:
 
 INHERITED = """
 import json, os, sys
-import otel_workflow.storage.store as store_module
+import otel_workflow.storage.connection as connection_module
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from otel_workflow import DuckDBSpanExporter, TraceStore, WorkflowTracer
 
-store_module._FORK_WAIT_S = 0.2  # do not wait the full 10 s for the connection held below
+connection_module._FORK_WAIT_S = 0.2  # do not wait the full 10 s for the connection held below
 db = sys.argv[1]
 store = TraceStore(db)
 provider = TracerProvider()
@@ -180,7 +180,7 @@ provider.add_span_processor(SimpleSpanProcessor(DuckDBSpanExporter(store)))
 wf = WorkflowTracer("inherited", tracer_provider=provider)
 read, write = os.pipe()
 # The worst case: a fork while this process has the database open (here: inside a query's connection).
-with store._connect(read_only=True) as connection:
+with store.connection() as connection:
     pid = os.fork()
     if pid == 0:
         os.close(read)

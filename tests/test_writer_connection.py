@@ -22,8 +22,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from support import wait_until
 
 from otel_workflow import TraceStore, WorkflowSpanProcessor, WorkflowTracer
-from otel_workflow.storage import store as store_module
-from otel_workflow.storage.store import _gate
+from otel_workflow.storage import database as database_module
+from otel_workflow.storage.connection import gate
 
 _READER = textwrap.dedent(
     """
@@ -83,8 +83,8 @@ def test_an_idle_writer_lets_go_of_the_file_after_its_linger(tmp_path: Path) -> 
     spans = make_spans(2_000)  # 8,000 spans
     submit_in_batches(store, spans)
     assert store.flush(60)
-    assert store._held is not None  # kept: more spans may come
-    wait_until(lambda: store._held is None, timeout_s=10)
+    assert store._database.held is not None  # kept: more spans may come
+    wait_until(lambda: store._database.held is None, timeout_s=10)
     # Let go: the reader has it at once, well within its half second.
     reader = start_reader(db, lock_timeout_s=0.5)
     out, err = reader.communicate(timeout=60)
@@ -98,12 +98,12 @@ def test_an_idle_writer_gives_the_file_to_a_waiting_process_before_its_linger_en
 ) -> None:
     db = tmp_path / "wf.duckdb"
     # A linger longer than the test: only the waiting reader can make the writer let go.
-    monkeypatch.setattr(store_module, "_LINGER_S", 600.0)
+    monkeypatch.setattr(database_module, "_LINGER_S", 600.0)
     store = TraceStore(db)
     spans = make_spans(50)
     submit_in_batches(store, spans)
     assert store.flush(60)
-    assert store._held is not None
+    assert store._database.held is not None
     reader = start_reader(db, lock_timeout_s=30)
     try:
         out, err = reader.communicate(timeout=60)
@@ -118,16 +118,16 @@ def test_a_kept_connection_is_given_up_to_a_process_waiting_for_the_file(tmp_pat
     db = tmp_path / "wf.duckdb"
     store = TraceStore(db)
     spans = make_spans(10)
-    with store._writer_connection(keep=True) as connection:
+    with store._database.writer_connection(keep=True) as connection:
         connection.execute("SELECT 1")
-    assert store._held is not None  # kept for the next cycle
+    assert store._database.held is not None  # kept for the next cycle
     reader = start_reader(db, lock_timeout_s=30)
     try:
         # The reader polls the hand-over lock and says it is waiting; the writer sees it after its cycle.
-        wait_until(lambda: _gate.wanted(str(db)), timeout_s=20)
-        with store._writer_connection(keep=True) as connection:  # more to write, but someone waits
+        wait_until(lambda: gate.wanted(str(db)), timeout_s=20)
+        with store._database.writer_connection(keep=True) as connection:  # more to write, but someone waits
             connection.execute("SELECT 1")
-        assert store._held is None
+        assert store._database.held is None
         out, err = reader.communicate(timeout=60)
     finally:
         reader.kill()
@@ -142,12 +142,12 @@ def test_a_kept_connection_is_given_up_to_a_process_waiting_for_the_file(tmp_pat
 def test_the_kept_connection_is_closed_when_the_store_closes(tmp_path: Path) -> None:
     db = tmp_path / "wf.duckdb"
     store = TraceStore(db)
-    with store._writer_connection(keep=True) as connection:
+    with store._database.writer_connection(keep=True) as connection:
         connection.execute("SELECT 1")
-    assert store._held is not None
+    assert store._database.held is not None
     store.submit_spans(make_spans(5))
     store.close()
-    assert store._held is None
+    assert store._database.held is None
     reader = start_reader(db, lock_timeout_s=0.5)
     out, err = reader.communicate(timeout=60)
     assert reader.returncode == 0, err
@@ -163,9 +163,9 @@ _FORK_WHILE_KEPT = textwrap.dedent(
 
     folder = Path(sys.argv[1])
     store = TraceStore(folder / "parent.duckdb")
-    with store._writer_connection(keep=True) as connection:
+    with store._database.writer_connection(keep=True) as connection:
         connection.execute("SELECT 1")
-    assert store._held is not None
+    assert store._database.held is not None
     # The writer lets go when its next cycle sees the fork waiting; these spans make that cycle.
     store.submit_spans(make_spans(5))
     started = time.monotonic()
@@ -173,7 +173,7 @@ _FORK_WHILE_KEPT = textwrap.dedent(
     if pid == 0:  # the child: nothing inherited, a store of its own
         code = 1
         try:
-            assert store._held is None
+            assert store._database.held is None
             child = TraceStore(folder / "child.duckdb")
             child.submit_spans(make_spans(2))
             child.close()
@@ -205,7 +205,7 @@ def test_a_busy_writer_still_closes_the_file_now_and_then(
 ) -> None:
     """Each close gives back the DuckDB instance's memory (rows logged since the last checkpoint,
     blocks read): a writer that never went idle kept all of it (benchmarks/memory.py, 10M spans)."""
-    monkeypatch.setattr(store_module, "_MAX_HOLD_S", 0.3)
+    monkeypatch.setattr(database_module, "_MAX_HOLD_S", 0.3)
     store = TraceStore(tmp_path / "wf.duckdb", flush_interval_s=0.05)
     spans = make_spans(400)
     opened: set[float] = set()  # when each connection the writer kept was opened
@@ -213,8 +213,8 @@ def test_a_busy_writer_still_closes_the_file_now_and_then(
     for first in range(0, len(spans), 40):  # a steady stream for about 2 s: never idle for the linger
         store.submit_spans(spans[first : first + 40])
         time.sleep(0.05)
-        if store._held is not None:
-            opened.add(store._held_since)
+        if store._database.held is not None:
+            opened.add(store._database.held_since)
         if len(opened) >= 3 or time.monotonic() > deadline:
             break
     assert len(opened) >= 3, opened
@@ -232,7 +232,7 @@ _EXIT_WHILE_KEPT = textwrap.dedent(
     store = TraceStore(sys.argv[1])
     store.submit_spans(make_spans(50))
     assert store.flush(30)
-    assert store._held is not None  # kept: the process exits within the linger, store not closed
+    assert store._database.held is not None  # kept: the process exits within the linger, store not closed
     """
 )
 

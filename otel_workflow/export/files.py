@@ -98,7 +98,7 @@ def _selection(
 
 def _trace_ids(store: TraceStore, selection: _Selection) -> list[str]:
     base = selection.sql or "SELECT trace_id FROM spans GROUP BY trace_id"
-    with store._connect(read_only=store.read_only) as connection:
+    with store.connection() as connection:
         rows = connection.execute(
             f"SELECT s.trace_id FROM ({base}) sel JOIN spans s USING (trace_id) "
             "GROUP BY s.trace_id ORDER BY min(s.start_time), s.trace_id",
@@ -198,7 +198,7 @@ def _read_spans(connection: duckdb.DuckDBPyConnection, trace_ids: list[str]) -> 
 def _spans_by_trace(store: TraceStore, trace_ids: Sequence[str]) -> Iterator[tuple[str, list[_Span]]]:
     for chunk in _chunks(trace_ids):
         # One short connection per chunk: the application's writer gets the file in between.
-        with store._connect(read_only=store.read_only) as connection:
+        with store.connection() as connection:
             spans = _read_spans(connection, chunk)
         grouped: dict[str, list[_Span]] = {trace_id: [] for trace_id in chunk}
         for span in spans:
@@ -473,7 +473,7 @@ def export_parquet(
     selection = _selection(store, execution, since, until)
     rows: dict[str, int] = {}
     files: list[str] = []
-    with store._connect(read_only=store.read_only) as connection:
+    with store.connection() as connection:
         traces = _count_traces(connection, selection)
         for table in PARQUET_TABLES:
             query, params = _table_query(connection, table, selection, partition_by_date)
