@@ -19,9 +19,9 @@ objects, every step has one event. One write transaction per 1M spans.
 Then each query runs `--repeat` times on one read-only connection (opened once, as a
 notebook keeps it; the CLI opens one per command) after one warm-up; the median is printed:
 
-- executions: newest 50 failed executions (`queries.list_executions`, what `otel-workflow executions` runs);
-- waterfall: one execution with its steps and all spans of its trace (`queries.get_execution`, `show`);
-- step quantiles: count, failure rate, p50/p95/p99/max per step over all data (`queries.step_stats`, `stats`);
+- executions: newest 50 failed executions (`list_executions`, what `otel-workflow executions` runs);
+- waterfall: one execution with its steps and all spans of its trace (`get_execution`, `show`);
+- step quantiles: count, failure rate, p50/p95/p99/max per step over all data (`step_stats`, `stats`);
 - failure rate per hour over all executions (the `failure_rate_over_time()` macro);
 and the database size per million spans.
 Targets at 10M spans: executions < 20 ms, waterfall < 10 ms, quantiles < 1 s; <= 100 bytes/span.
@@ -40,7 +40,9 @@ from pathlib import Path
 
 import duckdb
 
-from otel_workflow.query import executions as queries
+from otel_workflow.model.records import ExecutionFilter
+from otel_workflow.query import executions as executions_query
+from otel_workflow.query import stats as stats_query
 from otel_workflow.storage.schema import ensure_schema, rebuild_derived
 
 STEPS = ("validate", "enrich", "price", "reserve", "charge", "invoice", "pack", "ship", "notify", "archive")
@@ -157,18 +159,18 @@ def measure(path: Path, spans: int, repeat: int) -> None:
 
         # The package's own read API (what `otel-workflow executions/show/stats` run), and its SQL macro.
         def executions() -> object:
-            rows = queries.list_executions(connection, status="failed", limit=50)
+            rows = executions_query.list_executions(connection, ExecutionFilter(status="failed"), limit=50)
             assert len(rows) == 50
             return rows
 
         def waterfall() -> object:
-            detail = queries.get_execution(connection, execution_id)
+            detail = executions_query.get_execution(connection, execution_id)
             assert detail.trace_id == trace_id
             assert len(detail.steps) == 10 and len(detail.spans) == SPANS_PER_EXECUTION
             return detail
 
         def quantiles() -> object:
-            stats = queries.step_stats(connection)
+            stats = stats_query.step_stats(connection)
             assert len(stats) == len(STEPS)
             return stats
 

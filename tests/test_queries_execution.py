@@ -1,4 +1,4 @@
-"""`TraceStore.execution` (queries.get_execution) on the rows that take its less common paths.
+"""`TraceStore.execution` (query.executions.get_execution) on the rows that take its less common paths.
 
 A run still going is only in the live half of `workflow_executions`; a step can be in another trace than its
 execution (steps are found by execution id, waterfall spans by trace); an id can be reused, and then the run

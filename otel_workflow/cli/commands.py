@@ -48,7 +48,8 @@ from otel_workflow.model.records import (
     WorkflowStats,
 )
 from otel_workflow.query import executions as queries
-from otel_workflow.query import readonly
+from otel_workflow.query import readonly, timeparse
+from otel_workflow.query.stats import STAT_SORTS
 from otel_workflow.sdk.setup import DB_ENV, configure
 from otel_workflow.storage.store import DEFAULT_DB_PATH, StoreError, TraceStore
 
@@ -127,7 +128,7 @@ class TimeParam(_TimeBase):
         if isinstance(value, datetime):
             return value
         try:
-            moment = queries.parse_time(str(value))
+            moment = timeparse.parse_time(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
         assert moment is not None
@@ -143,7 +144,7 @@ class DurationParam(_DurationBase):
         if isinstance(value, timedelta):
             return value
         try:
-            duration = queries.parse_duration(str(value))
+            duration = timeparse.parse_duration(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
         if duration <= timedelta(0):
@@ -692,7 +693,7 @@ def logs(execution_id: str, db_path: str, as_json: bool, levels: tuple[str, ...]
 @click.option("--workflow", "workflow_id", help="Only this workflow id.")
 @click.option(
     "--sort",
-    type=click.Choice(list(queries.STAT_SORTS)),
+    type=click.Choice(list(STAT_SORTS)),
     default="p95",
     show_default=True,
     help="Order rows by this column (numbers: largest first).",

@@ -30,7 +30,8 @@ from typing import IO, Any, Final
 
 import duckdb
 
-from otel_workflow.query import executions as queries
+from otel_workflow.model.records import TimeArg
+from otel_workflow.query.timeparse import time_window
 from otel_workflow.storage.store import TraceStore
 
 __all__ = ["FORMATS", "PARQUET_TABLES", "ExportSummary", "export", "export_jaeger_json", "export_otlp_json"]
@@ -77,14 +78,14 @@ class _Selection:
 
 
 def _selection(
-    store: TraceStore, execution: str | None, since: queries.TimeArg, until: queries.TimeArg
+    store: TraceStore, execution: str | None, since: TimeArg, until: TimeArg
 ) -> _Selection:
     where, params = [], []
     if execution is not None:
         execution_id = store.resolve_execution_id(execution)
         where.append("trace_id IN (SELECT trace_id FROM workflow_executions WHERE id = ?)")
         params.append(execution_id)
-    having, window = queries.time_window("min(start_time)", since, until)
+    having, window = time_window("min(start_time)", since, until)
     if not where and not having:
         return _Selection(None, [])
     sql = "SELECT trace_id FROM spans"
@@ -291,8 +292,8 @@ def export_jaeger_json(
     output: IO[str],
     *,
     execution: str | None = None,
-    since: queries.TimeArg = None,
-    until: queries.TimeArg = None,
+    since: TimeArg = None,
+    until: TimeArg = None,
 ) -> ExportSummary:
     """Write the selected traces to `output` as Jaeger UI JSON, one trace at a time."""
     trace_ids = _trace_ids(store, _selection(store, execution, since, until))
@@ -390,8 +391,8 @@ def export_otlp_json(
     output: IO[str],
     *,
     execution: str | None = None,
-    since: queries.TimeArg = None,
-    until: queries.TimeArg = None,
+    since: TimeArg = None,
+    until: TimeArg = None,
 ) -> ExportSummary:
     """Write the selected traces to `output` as one OTLP/JSON `ExportTraceServiceRequest`.
 
@@ -457,8 +458,8 @@ def export_parquet(
     folder: str | Path,
     *,
     execution: str | None = None,
-    since: queries.TimeArg = None,
-    until: queries.TimeArg = None,
+    since: TimeArg = None,
+    until: TimeArg = None,
     partition_by_date: bool = False,
 ) -> ExportSummary:
     """Write each table to `folder/<table>.parquet`, or to `folder/<table>/date=YYYY-MM-DD/*.parquet`.
@@ -510,8 +511,8 @@ def export(
     output: str | Path,
     *,
     execution: str | None = None,
-    since: queries.TimeArg = None,
-    until: queries.TimeArg = None,
+    since: TimeArg = None,
+    until: TimeArg = None,
     partition_by_date: bool = False,
 ) -> ExportSummary:
     """Export in one of `FORMATS` to a file (JSON formats; `-` is standard output) or a folder (Parquet)."""

@@ -6,20 +6,56 @@ the package, so any of them can import it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
 
 __all__ = [
+    "DurationArg",
     "ExecutionDetail",
+    "ExecutionFilter",
     "ExecutionRow",
     "LogRow",
     "PruneReport",
     "SpanLine",
     "StepRow",
     "StepStats",
+    "TimeArg",
     "WorkflowStats",
 ]
+
+#: A point in time as the read side takes it: a datetime, a timedelta (that long ago), or text
+#: (`"1h"`, `"7d"`, an ISO timestamp); None: unbounded. See `query.timeparse`.
+TimeArg = datetime | timedelta | str | None
+#: An age: a timedelta or a duration text (`"7d"`).
+DurationArg = timedelta | str
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionFilter:
+    """Which executions to list; every condition given must hold (the store, the CLI and the server).
+
+    `status` and `workflow_id` take one value or several (any of them matches); `since` / `until`
+    bound the start time; `error_contains` matches the error message without regard to case.
+    """
+
+    status: str | Sequence[str] | None = None
+    workflow_id: str | Sequence[str] | None = None
+    since: TimeArg = None
+    until: TimeArg = None
+    triggered_by: str | None = None
+    error_contains: str | None = None
+
+    #: The conditions that take several values (a repeated query parameter or option).
+    MANY: ClassVar[tuple[str, ...]] = ("status", "workflow_id")
+
+    def values(self, name: str) -> list[str]:
+        """The values of a condition of `MANY`, as a list (empty: no condition)."""
+        value = getattr(self, name)
+        if value is None:
+            return []
+        return [value] if isinstance(value, str) else list(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,49 +1,22 @@
-"""The read side: the questions people ask of the database, as functions over one DuckDB connection.
+"""Executions and their steps: the list with filters, one execution with its waterfall, id lookup.
 
-`TraceStore` methods open a connection for one call and delegate here, so a
-reader holds the file only for the length of one question. Everything returns
-plain frozen dataclasses. Times accepted as `since` / `until` are a `datetime`
-(naive means local time), a `timedelta` or a duration text (`"90s"`, `"15m"`,
-`"1h30m"`, `"7d"`, `"2w"`: that long ago) or an ISO 8601 timestamp text.
+Functions over one DuckDB connection: `TraceStore` opens a connection for one call and delegates
+here, so a reader holds the file only for the length of one question.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import json
-import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, NamedTuple
 
 import duckdb
 
-from otel_workflow.model.records import (
-    ExecutionDetail,
-    ExecutionRow,
-    LogRow,
-    PruneReport,
-    SpanLine,
-    StepRow,
-    StepStats,
-    WorkflowStats,
-)
+from otel_workflow.model.records import ExecutionDetail, ExecutionFilter, ExecutionRow, SpanLine, StepRow
+from otel_workflow.query.timeparse import time_window
 
-__all__ = [
-    "AmbiguousExecutionId",
-    "DurationArg",
-    "ExecutionLookupError",
-    "ExecutionNotFound",
-    "TimeArg",
-    "parse_duration",
-    "parse_time",
-]
-
-TimeArg = datetime | timedelta | str | None
-DurationArg = timedelta | str
-
-# -- errors ----------------------------------------------------------------------------------------
+__all__ = ["AmbiguousExecutionId", "ExecutionLookupError", "ExecutionNotFound"]
 
 
 class ExecutionLookupError(LookupError):
@@ -62,128 +35,31 @@ class AmbiguousExecutionId(ExecutionLookupError):
         self.candidates = list(candidates)
 
 
-# -- times -----------------------------------------------------------------------------------------
-
-_UNITS: Final = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-_DURATION_PART: Final = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)", re.IGNORECASE)
-_DURATION: Final = re.compile(r"^\s*(?:\d+(?:\.\d+)?\s*(?:ms|s|m|h|d|w)\s*)+$", re.IGNORECASE)
-
-
-def parse_duration(text: str) -> timedelta:
-    """`"90s"`, `"15m"`, `"1h30m"`, `"7d"`, `"2w"` as a timedelta; ValueError on anything else."""
-    if not _DURATION.match(text):
-        raise ValueError(f"{text!r} is not a duration: use a number and a unit, like 30m, 1h, 7d or 1h30m")
-    seconds = sum(float(n) * _UNITS[unit.lower()] for n, unit in _DURATION_PART.findall(text))
-    return timedelta(seconds=seconds)
-
-
-def parse_time(value: TimeArg, *, now: datetime | None = None) -> datetime | None:
-    """A point in time, timezone-aware: durations count back from `now`, naive times are local."""
-    if value is None:
-        return None
-    now = now or datetime.now(UTC)
-    if isinstance(value, timedelta):
-        return now - value
-    if isinstance(value, datetime):
-        return value if value.tzinfo is not None else value.astimezone()
-    text = value.strip()
-    if _DURATION.match(text):
-        return now - parse_duration(text)
-    try:
-        moment = datetime.fromisoformat(text.replace(" ", "T", 1) if " " in text else text)
-    except ValueError:
-        raise ValueError(
-            f"{value!r} is neither a duration (30m, 1h, 7d) nor an ISO timestamp (2024-05-01T12:00:00Z)"
-        ) from None
-    # A naive timestamp is read in the local time zone, as it was most likely typed in a local terminal.
-    return moment if moment.tzinfo is not None else moment.astimezone()
-
-
-def cutoff(older_than: DurationArg, *, now: datetime | None = None) -> datetime:
-    """The moment `older_than` (a positive timedelta or duration text) before `now`."""
-    age = parse_duration(older_than) if isinstance(older_than, str) else older_than
-    if age <= timedelta(0):
-        raise ValueError(f"the age must be a positive duration, not {older_than!r}")
-    return (now or datetime.now(UTC)) - age
-
-
-def require_module(module: str, feature: str) -> Any:
-    """Import an optional library (pandas, polars) only when a feature needs it, or say how to get it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise ImportError(f"{feature} needs {module}, which is not installed: pip install {module}") from exc
-
-
-def time_window(column: str, since: TimeArg, until: TimeArg) -> tuple[list[str], list[Any]]:
-    """SQL conditions (and their parameters) keeping `column` in `[since, until)`."""
-    start, end = parse_time(since), parse_time(until)
-    if start is not None and end is not None and start >= end:
-        raise ValueError(
-            f"the window is empty: since ({start.isoformat()}) is not before until ({end.isoformat()})"
-        )
-    where: list[str] = []
-    params: list[Any] = []
-    if start is not None:
-        where.append(f"{column} >= ?")
-        params.append(start)
-    if end is not None:
-        where.append(f"{column} < ?")
-        params.append(end)
-    return where, params
-
-
-def _texts(value: str | Sequence[str] | None) -> list[str]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, str) else list(value)
-
-
-def _json(value: Any) -> Any:
-    """A JSON column's value as Python data (DuckDB hands JSON over as text)."""
-    if value is None or not isinstance(value, str):
-        return value
-    try:
-        return json.loads(value)
-    except ValueError:
-        return value
-
-
 def _columns(row_type: type[Any]) -> str:
     return ", ".join(row_type.__dataclass_fields__)
 
-
-# -- executions ------------------------------------------------------------------------------------
 
 EXECUTION_STATUSES: Final = ("running", "completed", "failed")
 
 
 def list_executions(
-    connection: duckdb.DuckDBPyConnection,
-    *,
-    status: str | Sequence[str] | None = None,
-    workflow_id: str | Sequence[str] | None = None,
-    since: TimeArg = None,
-    until: TimeArg = None,
-    triggered_by: str | None = None,
-    error_contains: str | None = None,
-    limit: int | None = 50,
-    offset: int = 0,
+    connection: duckdb.DuckDBPyConnection, where: ExecutionFilter, *, limit: int | None = 50, offset: int = 0
 ) -> list[ExecutionRow]:
-    """Executions matching every given filter, newest first; `since`/`until` bound the start time."""
-    where, params = time_window("started_at", since, until)
-    for column, values in (("status", _texts(status)), ("workflow_id", _texts(workflow_id))):
+    """Executions matching `where`, newest first; `limit=None` returns all."""
+    conditions, params = time_window("started_at", where.since, where.until)
+    for column in ExecutionFilter.MANY:
+        values = where.values(column)
         if values:
-            where.append(f"{column} IN ({', '.join('?' for _ in values)})")
+            conditions.append(f"{column} IN ({', '.join('?' for _ in values)})")
             params.extend(values)
-    if triggered_by is not None:
-        where.append("triggered_by = ?")
-        params.append(triggered_by)
-    if error_contains:
+    if where.triggered_by is not None:
+        conditions.append("triggered_by = ?")
+        params.append(where.triggered_by)
+    if where.error_contains:
         # Case-insensitive substring, with no LIKE wildcards to escape.
-        where.append("contains(lower(error_message), lower(?))")
-        params.append(error_contains)
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
+        conditions.append("contains(lower(error_message), lower(?))")
+        params.append(where.error_contains)
+    clause = f"WHERE {' AND '.join(conditions)}" if conditions else ""
     columns = _columns(ExecutionRow)
     order = "ORDER BY started_at DESC, id"
     # The newest of each half (ended, running), merged: see the comment on `ended_executions` in schema.py.
@@ -479,208 +355,3 @@ def _waterfall(rows: list[tuple[Any, ...]], root_span_id: str, origin: datetime)
         )
         stack.extend((child, depth + 1) for child in reversed(children.get(span_id, [])))
     return lines
-
-
-# -- logs ------------------------------------------------------------------------------------------
-
-
-def list_logs(
-    connection: duckdb.DuckDBPyConnection,
-    execution_id: str | None = None,
-    *,
-    level: str | Sequence[str] | None = None,
-    since: TimeArg = None,
-    until: TimeArg = None,
-    limit: int | None = None,
-) -> list[LogRow]:
-    """Log rows in time order; at equal times a start comes before the events and the end of its span."""
-    where, params = time_window("created_at", since, until)
-    if execution_id is not None:
-        where.append("execution_id = ?")
-        params.append(execution_id)
-    levels = [value.lower() for value in _texts(level)]
-    if levels:
-        where.append(f"lower(level) IN ({', '.join('?' for _ in levels)})")
-        params.extend(levels)
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
-    paging = ""
-    if limit is not None:
-        paging = " LIMIT ?"
-        params.append(limit)
-    rows = connection.execute(
-        "SELECT id, workflow_id, execution_id, step_id, level, message, module_name, fields::VARCHAR, "
-        f"created_at FROM execution_logs {clause} "
-        "ORDER BY created_at, CASE WHEN ends_with(id, ':start') THEN 0 WHEN ends_with(id, ':end') THEN 2 "
-        f"ELSE 1 END, id{paging}",
-        params,
-    ).fetchall()
-    return [
-        LogRow(
-            id=row[0],
-            workflow_id=row[1],
-            execution_id=row[2],
-            step_id=row[3],
-            level=row[4],
-            message=row[5],
-            module_name=row[6],
-            fields=_json(row[7]),
-            created_at=row[8],
-        )
-        for row in rows
-    ]
-
-
-# -- statistics ------------------------------------------------------------------------------------
-
-
-STAT_SORTS: Final = {
-    "name": "1, 2",
-    "count": "count DESC, 1, 2",
-    "failures": "failure_rate DESC, failed DESC, 1, 2",
-    "p50": "p50_ms DESC NULLS LAST, 1, 2",
-    "p95": "p95_ms DESC NULLS LAST, 1, 2",
-    "p99": "p99_ms DESC NULLS LAST, 1, 2",
-    "max": "max_ms DESC NULLS LAST, 1, 2",
-}
-
-
-def _sort(sort: str) -> str:
-    try:
-        return STAT_SORTS[sort]
-    except KeyError:
-        raise ValueError(f"unknown sort {sort!r}: use one of {', '.join(STAT_SORTS)}") from None
-
-
-def step_stats(
-    connection: duckdb.DuckDBPyConnection,
-    *,
-    workflow_id: str | None = None,
-    since: TimeArg = None,
-    until: TimeArg = None,
-    sort: str = "p95",
-) -> list[StepStats]:
-    """Count, failures and duration percentiles per workflow and step name."""
-    order = _sort(sort)
-    where, params = time_window("started_at", since, until)
-    where.append("status <> 'running'")
-    if workflow_id is not None:
-        where.append("workflow_id = ?")
-        params.append(workflow_id)
-    # One list-quantile aggregate sorts each group's durations once; three separate quantiles (one per
-    # percentile) took twice as long over 8M steps (benchmarks/queries.py). NULLs (skipped steps) are
-    # ignored by the aggregates.
-    rows = connection.execute(
-        f"""
-        SELECT workflow_id, step_name, count, failed, skipped, failure_rate,
-               q[1] AS p50_ms, q[2] AS p95_ms, q[3] AS p99_ms, max_ms
-        FROM (
-            SELECT workflow_id, step_name, count(*) AS count,
-                   count(*) FILTER (WHERE status = 'failed') AS failed,
-                   count(*) FILTER (WHERE status = 'skipped') AS skipped,
-                   failed / count(*) AS failure_rate,
-                   quantile_cont(CASE WHEN status <> 'skipped' THEN duration_ms END, [0.5, 0.95, 0.99]) AS q,
-                   max(CASE WHEN status <> 'skipped' THEN duration_ms END) AS max_ms
-            FROM execution_steps WHERE {" AND ".join(where)}
-            GROUP BY workflow_id, step_name
-        )
-        ORDER BY {order}
-        """,
-        params,
-    ).fetchall()
-    return [StepStats(*row) for row in rows]
-
-
-def workflow_stats(
-    connection: duckdb.DuckDBPyConnection,
-    *,
-    workflow_id: str | None = None,
-    since: TimeArg = None,
-    until: TimeArg = None,
-    sort: str = "p95",
-) -> list[WorkflowStats]:
-    """Count, failures, running executions and duration percentiles per workflow."""
-    order = _sort(sort).replace("1, 2", "1")
-    where, params = time_window("started_at", since, until)
-    if workflow_id is not None:
-        where.append("workflow_id = ?")
-        params.append(workflow_id)
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
-    rows = connection.execute(
-        f"""
-        SELECT workflow_id, count, failed, running, failure_rate,
-               q[1] AS p50_ms, q[2] AS p95_ms, q[3] AS p99_ms, max_ms
-        FROM (
-        SELECT workflow_id,
-               count(*) FILTER (WHERE status <> 'running') AS count,
-               count(*) FILTER (WHERE status = 'failed') AS failed,
-               count(*) FILTER (WHERE status = 'running') AS running,
-               coalesce(failed / nullif(count, 0), 0) AS failure_rate,
-               quantile_cont(duration_ms, [0.5, 0.95, 0.99]) AS q,
-               max(duration_ms) AS max_ms
-        FROM workflow_executions {clause}
-        GROUP BY workflow_id
-        )
-        ORDER BY {order}
-        """,
-        params,
-    ).fetchall()
-    return [WorkflowStats(*row) for row in rows]
-
-
-# -- retention -------------------------------------------------------------------------------------
-
-
-def prune(connection: duckdb.DuckDBPyConnection, cutoff: datetime, *, dry_run: bool = False) -> PruneReport:
-    """Delete every trace whose last activity is before `cutoff`, with its events, links and live rows.
-
-    Runs in one transaction on a read-write connection; the derived counts
-    (executions, steps, logs) are the difference of the views before and after.
-    """
-    connection.execute("BEGIN TRANSACTION")
-    try:
-        connection.execute(
-            """
-            CREATE OR REPLACE TEMP TABLE _prune_traces AS
-            SELECT trace_id FROM (
-                SELECT trace_id, end_time AS happened FROM spans
-                UNION ALL
-                SELECT trace_id, coalesce(interrupted_at, start_time) FROM running_spans
-            )
-            GROUP BY trace_id HAVING max(happened) < ?
-            """,
-            [cutoff],
-        )
-        derived = (
-            "SELECT (SELECT count(*) FROM workflow_executions), (SELECT count(*) FROM execution_steps), "
-            "(SELECT count(*) FROM execution_logs)"
-        )
-        before = connection.execute(derived).fetchone() or (0, 0, 0)
-        traces = _count(connection, "SELECT count(*) FROM _prune_traces")
-        removed: dict[str, int] = {}
-        for table in ("span_events", "span_links", "running_spans", "executions", "steps", "spans"):
-            removed[table] = _count(
-                connection, f"DELETE FROM {table} WHERE trace_id IN (SELECT trace_id FROM _prune_traces)"
-            )
-        after = connection.execute(derived).fetchone() or (0, 0, 0)
-        connection.execute("DROP TABLE _prune_traces")
-        connection.execute("ROLLBACK" if dry_run else "COMMIT")
-    except BaseException:
-        connection.execute("ROLLBACK")
-        raise
-    return PruneReport(
-        cutoff=cutoff,
-        dry_run=dry_run,
-        traces=traces,
-        executions=before[0] - after[0],
-        steps=before[1] - after[1],
-        logs=before[2] - after[2],
-        spans=removed["spans"],
-        span_events=removed["span_events"],
-        span_links=removed["span_links"],
-        running_spans=removed["running_spans"],
-    )
-
-
-def _count(connection: duckdb.DuckDBPyConnection, query: str) -> int:
-    row = connection.execute(query).fetchone()
-    return 0 if row is None else int(row[0])

@@ -8,7 +8,9 @@ A facade: the connections are `database.Database`'s, the writes `write.SpanWrite
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import functools
+import importlib
 import os
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -23,16 +25,23 @@ from opentelemetry.sdk.trace import ReadableSpan
 from otel_workflow.ingest.convert import SpanConverter, prepare_conversion
 from otel_workflow.ingest.writer import BackgroundWriter, LiveRowGate
 from otel_workflow.model.records import (
+    DurationArg,
     ExecutionDetail,
+    ExecutionFilter,
     ExecutionRow,
     LogRow,
     PruneReport,
     StepRow,
     StepStats,
+    TimeArg,
     WorkflowStats,
 )
-from otel_workflow.query import executions as queries
+from otel_workflow.query import executions as executions_query
+from otel_workflow.query import logs as logs_query
 from otel_workflow.query import readonly
+from otel_workflow.query import stats as stats_query
+from otel_workflow.query.timeparse import cutoff
+from otel_workflow.storage import prune
 from otel_workflow.storage.connection import StoreError
 from otel_workflow.storage.database import MEMORY, Database
 from otel_workflow.storage.schema import rebuild_derived
@@ -270,21 +279,22 @@ class TraceStore:
 
     def df(self, query: str, params: Sequence[Any] | None = None) -> Any:
         """`arrow()` as a pandas DataFrame; needs pandas (`pip install pandas`), imported only here."""
-        queries.require_module("pandas", "TraceStore.df()")
+        _require_module("pandas", "TraceStore.df()")
         return self.arrow(query, params).to_pandas()
 
     def pl(self, query: str, params: Sequence[Any] | None = None) -> Any:
         """`arrow()` as a polars DataFrame; needs polars (`pip install polars`), imported only here."""
-        polars = queries.require_module("polars", "TraceStore.pl()")
+        polars = _require_module("polars", "TraceStore.pl()")
         return polars.from_arrow(self.arrow(query, params))
 
     def executions(
         self,
+        where: ExecutionFilter | None = None,
         *,
         status: str | Sequence[str] | None = None,
         workflow_id: str | Sequence[str] | None = None,
-        since: queries.TimeArg = None,
-        until: queries.TimeArg = None,
+        since: TimeArg = None,
+        until: TimeArg = None,
         triggered_by: str | None = None,
         error_contains: str | None = None,
         limit: int | None = 50,
@@ -292,49 +302,51 @@ class TraceStore:
     ) -> list[ExecutionRow]:
         """Executions matching every given filter, newest first.
 
-        `status` and `workflow_id` take one value or several; `since` / `until`
-        bound the start time (a datetime, a timedelta or text like `"1h"`, `"7d"`
-        or an ISO timestamp); `error_contains` matches the error message without
-        regard to case; `limit=None` returns all.
+        The filter is `where` (an `ExecutionFilter`) or the keyword arguments, which replace the
+        conditions of `where` they give. `status` and `workflow_id` take one value or several;
+        `since` / `until` bound the start time (a datetime, a timedelta or text like `"1h"`, `"7d"`
+        or an ISO timestamp); `error_contains` matches the error message without regard to case;
+        `limit=None` returns all.
         """
+        given: dict[str, Any] = {
+            "status": status,
+            "workflow_id": workflow_id,
+            "since": since,
+            "until": until,
+            "triggered_by": triggered_by,
+            "error_contains": error_contains,
+        }
+        conditions = dataclasses.replace(
+            where or ExecutionFilter(), **{name: value for name, value in given.items() if value is not None}
+        )
         with self.connection() as connection:
-            return queries.list_executions(
-                connection,
-                status=status,
-                workflow_id=workflow_id,
-                since=since,
-                until=until,
-                triggered_by=triggered_by,
-                error_contains=error_contains,
-                limit=limit,
-                offset=offset,
-            )
+            return executions_query.list_executions(connection, conditions, limit=limit, offset=offset)
 
     def resolve_execution_id(self, id_or_prefix: str) -> str:
         """The full id of the execution whose id is, or uniquely starts with, `id_or_prefix`.
 
-        Raises `queries.ExecutionNotFound` or `queries.AmbiguousExecutionId` (both `LookupError`).
+        Raises `ExecutionNotFound` or `AmbiguousExecutionId` (both `LookupError`).
         """
         with self.connection() as connection:
-            return queries.resolve_execution_id(connection, id_or_prefix)
+            return executions_query.resolve_execution_id(connection, id_or_prefix)
 
     def execution(self, id_or_prefix: str) -> ExecutionDetail:
         """One execution (by id or unique id prefix) with its steps and the waterfall of its spans."""
         with self.connection() as connection:
-            return queries.get_execution(connection, id_or_prefix)
+            return executions_query.get_execution(connection, id_or_prefix)
 
     def steps(self, execution_id: str) -> list[StepRow]:
         """The steps of one execution (exact id) in start order."""
         with self.connection() as connection:
-            return queries.list_steps(connection, execution_id)
+            return executions_query.list_steps(connection, execution_id)
 
     def logs(
         self,
         execution_id: str | None = None,
         *,
         level: str | Sequence[str] | None = None,
-        since: queries.TimeArg = None,
-        until: queries.TimeArg = None,
+        since: TimeArg = None,
+        until: TimeArg = None,
         limit: int | None = None,
     ) -> list[LogRow]:
         """Log rows in time order: of one execution (id or unique prefix), or of all.
@@ -343,15 +355,19 @@ class TraceStore:
         `warning`, `event`, ...); `since` / `until` bound the row time.
         """
         with self.connection() as connection:
-            found = None if execution_id is None else queries.resolve_execution_id(connection, execution_id)
-            return queries.list_logs(connection, found, level=level, since=since, until=until, limit=limit)
+            found = (
+                None
+                if execution_id is None
+                else executions_query.resolve_execution_id(connection, execution_id)
+            )
+            return logs_query.list_logs(connection, found, level=level, since=since, until=until, limit=limit)
 
     def step_stats(
         self,
         *,
         workflow_id: str | None = None,
-        since: queries.TimeArg = None,
-        until: queries.TimeArg = None,
+        since: TimeArg = None,
+        until: TimeArg = None,
         sort: str = "p95",
     ) -> list[StepStats]:
         """Per workflow and step: count, failures, failure rate, p50/p95/p99/max duration.
@@ -360,7 +376,7 @@ class TraceStore:
         `name`, `count`, `failures`, `p50`, `p95` (default), `p99`, `max`.
         """
         with self.connection() as connection:
-            return queries.step_stats(
+            return stats_query.step_stats(
                 connection, workflow_id=workflow_id, since=since, until=until, sort=sort
             )
 
@@ -368,17 +384,17 @@ class TraceStore:
         self,
         *,
         workflow_id: str | None = None,
-        since: queries.TimeArg = None,
-        until: queries.TimeArg = None,
+        since: TimeArg = None,
+        until: TimeArg = None,
         sort: str = "p95",
     ) -> list[WorkflowStats]:
         """Per workflow: executions ended and running, failures, duration percentiles (as `step_stats`)."""
         with self.connection() as connection:
-            return queries.workflow_stats(
+            return stats_query.workflow_stats(
                 connection, workflow_id=workflow_id, since=since, until=until, sort=sort
             )
 
-    def prune(self, older_than: queries.DurationArg, *, dry_run: bool = False) -> PruneReport:
+    def prune(self, older_than: DurationArg, *, dry_run: bool = False) -> PruneReport:
         """Delete the traces in which nothing happened for `older_than` (`"7d"`, a timedelta).
 
         Spans, their events and links, and live rows go together in one
@@ -388,9 +404,9 @@ class TraceStore:
         """
         if self.read_only:
             raise StoreError("prune deletes rows: open the TraceStore without read_only=True")
-        cutoff = queries.cutoff(older_than)
+        before = cutoff(older_than)
         with self._database.connect(read_only=False) as connection:
-            return queries.prune(connection, cutoff, dry_run=dry_run)
+            return prune.prune(connection, before, dry_run=dry_run)
 
     def __enter__(self) -> TraceStore:
         return self
@@ -410,6 +426,14 @@ def _fetch_rows(relation: duckdb.DuckDBPyRelation) -> list[tuple[Any, ...]]:
 def _fetch_arrow(relation: duckdb.DuckDBPyRelation) -> pa.Table:
     table: pa.Table = relation.to_arrow_table()
     return table
+
+
+def _require_module(module: str, feature: str) -> Any:
+    """Import an optional library (pandas, polars) only when a feature needs it, or say how to get it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(f"{feature} needs {module}, which is not installed: pip install {module}") from exc
 
 
 def _flush_at_exit(ref: weakref.ref[TraceStore]) -> None:

@@ -1,0 +1,74 @@
+"""The log rows of `execution_logs` (span events, starts and ends), in time order."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import duckdb
+
+from otel_workflow.model.records import LogRow, TimeArg
+from otel_workflow.query.timeparse import time_window
+
+
+def list_logs(
+    connection: duckdb.DuckDBPyConnection,
+    execution_id: str | None = None,
+    *,
+    level: str | Sequence[str] | None = None,
+    since: TimeArg = None,
+    until: TimeArg = None,
+    limit: int | None = None,
+) -> list[LogRow]:
+    """Log rows in time order; at equal times a start comes before the events and the end of its span."""
+    where, params = time_window("created_at", since, until)
+    if execution_id is not None:
+        where.append("execution_id = ?")
+        params.append(execution_id)
+    levels = [value.lower() for value in _texts(level)]
+    if levels:
+        where.append(f"lower(level) IN ({', '.join('?' for _ in levels)})")
+        params.extend(levels)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    paging = ""
+    if limit is not None:
+        paging = " LIMIT ?"
+        params.append(limit)
+    rows = connection.execute(
+        "SELECT id, workflow_id, execution_id, step_id, level, message, module_name, fields::VARCHAR, "
+        f"created_at FROM execution_logs {clause} "
+        "ORDER BY created_at, CASE WHEN ends_with(id, ':start') THEN 0 WHEN ends_with(id, ':end') THEN 2 "
+        f"ELSE 1 END, id{paging}",
+        params,
+    ).fetchall()
+    return [
+        LogRow(
+            id=row[0],
+            workflow_id=row[1],
+            execution_id=row[2],
+            step_id=row[3],
+            level=row[4],
+            message=row[5],
+            module_name=row[6],
+            fields=_json(row[7]),
+            created_at=row[8],
+        )
+        for row in rows
+    ]
+
+
+def _texts(value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _json(value: Any) -> Any:
+    """A JSON column's value as Python data (DuckDB hands JSON over as text)."""
+    if value is None or not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
