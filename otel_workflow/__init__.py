@@ -9,6 +9,14 @@ from otel_workflow.instrument.capture.flag import (
     io_capture_enabled,
 )
 from otel_workflow.instrument.tracer import Execution, Step, WorkflowTracer
+from otel_workflow.model.errors import (
+    AmbiguousExecutionId,
+    ExecutionNotFound,
+    QueryLimitExceeded,
+    ReadOnlyViolation,
+    SandboxRefusal,
+    StoreError,
+)
 from otel_workflow.model.records import (
     ExecutionDetail,
     ExecutionRow,
@@ -18,12 +26,11 @@ from otel_workflow.model.records import (
     StepStats,
     WorkflowStats,
 )
-from otel_workflow.query.executions import AmbiguousExecutionId, ExecutionNotFound
-from otel_workflow.query.readonly import QueryLimitExceeded, ReadOnlyViolation, SandboxRefusal, SqlLimits
+from otel_workflow.query.readonly import SqlLimits
 from otel_workflow.sdk.exporter import DuckDBSpanExporter
 from otel_workflow.sdk.processor import WorkflowSpanProcessor
 from otel_workflow.sdk.setup import WorkflowTelemetry, configure
-from otel_workflow.storage.store import StoreError, TraceStore
+from otel_workflow.storage.store import TraceStore
 
 __all__ = [
     "AmbiguousExecutionId",

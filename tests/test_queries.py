@@ -16,11 +16,10 @@ from analytics_support import OLD_AGE_S, Filled, build_database
 from conftest import Traced
 
 from otel_workflow import TraceStore
+from otel_workflow.model.errors import AmbiguousExecutionId, ExecutionNotFound, ReadOnlyViolation, StoreError
 from otel_workflow.model.records import ExecutionDetail, LogRow, StepStats
-from otel_workflow.query.executions import AmbiguousExecutionId, ExecutionNotFound
-from otel_workflow.query.readonly import ReadOnlyViolation, check_read_only
+from otel_workflow.query.readonly import check_read_only
 from otel_workflow.query.timeparse import parse_duration, parse_time
-from otel_workflow.storage.store import StoreError
 
 
 @pytest.fixture(scope="module")

@@ -29,9 +29,9 @@ from conftest import Traced
 
 from otel_workflow import QueryLimitExceeded, ReadOnlyViolation, SandboxRefusal, SqlLimits, TraceStore
 from otel_workflow.cli.commands import main
+from otel_workflow.model.errors import StoreError
 from otel_workflow.query.readonly import check_read_only, sandbox_config
 from otel_workflow.server.app import ReceiverLimits
-from otel_workflow.storage.store import StoreError
 
 MARKER = "SECRET-MARKER-4b1d"
 LONG_QUERY = "SELECT count(*) FROM range(1000000000000)"

@@ -38,6 +38,7 @@ from rich.text import Text
 from otel_workflow.cli.demo import run_demo
 from otel_workflow.export.files import FORMATS, export
 from otel_workflow.instrument.tracer import WorkflowTracer
+from otel_workflow.model.errors import ExecutionLookupError, QueryLimitExceeded, StoreError
 from otel_workflow.model.records import (
     ExecutionDetail,
     ExecutionRow,
@@ -51,7 +52,7 @@ from otel_workflow.query import executions as queries
 from otel_workflow.query import readonly, timeparse
 from otel_workflow.query.stats import STAT_SORTS
 from otel_workflow.sdk.setup import DB_ENV, configure
-from otel_workflow.storage.store import DEFAULT_DB_PATH, StoreError, TraceStore
+from otel_workflow.storage.store import DEFAULT_DB_PATH, TraceStore
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -94,9 +95,9 @@ def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             sys.exit(1)
-        except queries.ExecutionLookupError as exc:
+        except ExecutionLookupError as exc:
             raise click.ClickException(_first_line(exc)) from exc
-        except (StoreError, readonly.QueryLimitExceeded) as exc:
+        except (StoreError, QueryLimitExceeded) as exc:
             raise click.ClickException(_first_line(exc)) from exc
         except duckdb.Error as exc:
             raise click.ClickException(f"database error: {_first_line(exc)}") from exc

@@ -7,32 +7,14 @@ here, so a reader holds the file only for the length of one question.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, NamedTuple
 
 import duckdb
 
+from otel_workflow.model.errors import AmbiguousExecutionId, ExecutionNotFound
 from otel_workflow.model.records import ExecutionDetail, ExecutionFilter, ExecutionRow, SpanLine, StepRow
 from otel_workflow.query.timeparse import time_window
-
-__all__ = ["AmbiguousExecutionId", "ExecutionLookupError", "ExecutionNotFound"]
-
-
-class ExecutionLookupError(LookupError):
-    """An execution id or prefix that does not name exactly one execution."""
-
-
-class ExecutionNotFound(ExecutionLookupError):
-    """No execution has this id or an id starting with it."""
-
-
-class AmbiguousExecutionId(ExecutionLookupError):
-    """Several executions start with this prefix; `candidates` holds a few of them."""
-
-    def __init__(self, message: str, candidates: Sequence[str]) -> None:
-        super().__init__(message)
-        self.candidates = list(candidates)
 
 
 def _columns(row_type: type[Any]) -> str:

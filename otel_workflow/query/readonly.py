@@ -31,14 +31,13 @@ from typing import Final, NamedTuple, TypeAlias
 import duckdb
 import pyarrow as pa
 
+from otel_workflow.model.errors import QueryLimitExceeded, ReadOnlyViolation, SandboxRefusal
+
 __all__ = [
     "HTTP_MAX_ROWS",
     "HTTP_ROWS",
     "HTTP_TIMEOUT_S",
     "DuckDBConfig",
-    "QueryLimitExceeded",
-    "ReadOnlyViolation",
-    "SandboxRefusal",
     "SqlLimits",
     "SqlPage",
     "check_read_only",
@@ -50,18 +49,6 @@ __all__ = [
 
 # What `duckdb.connect(config=...)` takes.
 DuckDBConfig: TypeAlias = dict[str, str | bool | int | float | list[str]]
-
-
-class ReadOnlyViolation(ValueError):
-    """A statement given to a read-only query would write, read files, load code or change settings."""
-
-
-class SandboxRefusal(ReadOnlyViolation):
-    """DuckDB's sandbox settings refused what a query tried (a file, a setting, a write)."""
-
-
-class QueryLimitExceeded(RuntimeError):
-    """A sandboxed query ran past its time limit (and was interrupted) or its memory limit."""
 
 
 # Over HTTP (`/api/sql`): a shorter time limit than the CLI's; the rows of an answer by default and at most.

@@ -39,10 +39,11 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExportResult
 
+from otel_workflow.model.errors import StoreError
 from otel_workflow.sdk.exporter import DuckDBSpanExporter
 from otel_workflow.sdk.processor import WorkflowSpanProcessor
 from otel_workflow.sdk.setup import DB_ENV, default_db_path
-from otel_workflow.storage.store import StoreError, TraceStore
+from otel_workflow.storage.store import TraceStore
 
 __all__ = [
     "DB_ENV",

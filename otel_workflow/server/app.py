@@ -76,6 +76,14 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
         "pip install 'otel-workflow[collector]'"
     ) from _exc
 
+from otel_workflow.model.errors import (
+    AmbiguousExecutionId,
+    ExecutionLookupError,
+    QueryLimitExceeded,
+    ReadOnlyViolation,
+    SandboxRefusal,
+    StoreError,
+)
 from otel_workflow.otlp.decode import (
     DecodeError,
     decode_json,
@@ -83,10 +91,9 @@ from otel_workflow.otlp.decode import (
     response_json,
     response_protobuf,
 )
-from otel_workflow.query import executions as queries
 from otel_workflow.query import readonly
 from otel_workflow.sdk.setup import default_db_path
-from otel_workflow.storage.store import StoreError, TraceStore
+from otel_workflow.storage.store import TraceStore
 
 __all__ = [
     "DEFAULT_HOST",
@@ -671,15 +678,15 @@ class _Receiver:
     async def _read(self, call: Callable[[], Any], key: str | None = None) -> Response:
         try:
             result = await anyio.to_thread.run_sync(call)
-        except queries.AmbiguousExecutionId as exc:
+        except AmbiguousExecutionId as exc:
             return _api_error(409, str(exc), candidates=list(getattr(exc, "candidates", [])))
-        except queries.ExecutionLookupError as exc:
+        except ExecutionLookupError as exc:
             return _api_error(404, str(exc))
-        except readonly.SandboxRefusal as exc:
+        except SandboxRefusal as exc:
             return _api_error(403, str(exc), kind="refused")
-        except readonly.ReadOnlyViolation as exc:
+        except ReadOnlyViolation as exc:
             return _api_error(400, str(exc), kind="refused")
-        except readonly.QueryLimitExceeded as exc:
+        except QueryLimitExceeded as exc:
             return _api_error(422, str(exc), kind="limit")
         except StoreError as exc:
             return _api_error(503, str(exc))

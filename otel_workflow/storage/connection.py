@@ -16,18 +16,12 @@ from typing import Any, Final
 
 import duckdb
 
+from otel_workflow.model.errors import StoreError
+
 try:
     import fcntl
 except ImportError:  # Windows: no hand-over lock (see `ConnectionGate`)
     fcntl = None  # type: ignore[assignment]
-
-
-class StoreError(RuntimeError):
-    """The database cannot be opened or used; the message says why and what to do."""
-
-
-class StoreBusy(StoreError):
-    """Another process held the database file for longer than the timeout; trying again may work."""
 
 
 def is_lock_conflict(exc: BaseException) -> bool:

@@ -22,11 +22,10 @@ from typing import Any, Final
 
 import duckdb
 
+from otel_workflow.model.errors import StoreBusy, StoreError
 from otel_workflow.storage import liveness
 from otel_workflow.storage.connection import (
     FileBusy,
-    StoreBusy,
-    StoreError,
     close_instance,
     gate,
     is_lock_conflict,

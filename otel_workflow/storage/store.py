@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_workflow.ingest.convert import SpanConverter, prepare_conversion
 from otel_workflow.ingest.writer import BackgroundWriter, LiveRowGate
+from otel_workflow.model.errors import StoreError
 from otel_workflow.model.records import (
     DurationArg,
     ExecutionDetail,
@@ -42,7 +43,6 @@ from otel_workflow.query import readonly
 from otel_workflow.query import stats as stats_query
 from otel_workflow.query.timeparse import cutoff
 from otel_workflow.storage import prune
-from otel_workflow.storage.connection import StoreError
 from otel_workflow.storage.database import MEMORY, Database
 from otel_workflow.storage.schema import rebuild_derived
 from otel_workflow.storage.write import SpanWriteSink
@@ -53,7 +53,7 @@ DEFAULT_DB_PATH = "otel_workflow.duckdb"
 DEFAULT_MAX_QUEUED_SPANS = 50_000
 _T = TypeVar("_T")
 
-__all__ = ["DEFAULT_DB_PATH", "StoreError", "TraceStore"]
+__all__ = ["DEFAULT_DB_PATH", "TraceStore"]
 
 
 class TraceStore:
