@@ -77,9 +77,7 @@ class _Selection:
     params: list[Any]
 
 
-def _selection(
-    store: TraceStore, execution: str | None, since: TimeArg, until: TimeArg
-) -> _Selection:
+def _selection(store: TraceStore, execution: str | None, since: TimeArg, until: TimeArg) -> _Selection:
     where, params = [], []
     if execution is not None:
         execution_id = store.resolve_execution_id(execution)
