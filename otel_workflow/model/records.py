@@ -125,26 +125,15 @@ class SpanLine:
 
 
 @dataclass(frozen=True, slots=True)
-class ExecutionDetail:
-    """One execution: its `workflow_executions` row, its steps, and its waterfall of spans.
+class ExecutionDetail(ExecutionRow):
+    """One execution: its `workflow_executions` row, then what only the detail has: the execution
+    span's id, configuration, `trigger_data`, its steps, and its waterfall of spans.
 
     `input_data` / `output_data` of the steps, and `trigger_data`, are JSON
     texts, None unless I/O capture was on for the execution.
     """
 
-    id: str
-    workflow_id: str | None
-    status: str
-    trigger_type: str | None
-    triggered_by: str | None
-    started_at: datetime
-    completed_at: datetime | None
-    duration_ms: float | None
-    error_message: str | None
-    current_step: str | None
-    trace_id: str
     span_id: str
-    service_name: str | None
     config_version: str | None
     capture_io: bool
     trigger_data: str | None

@@ -153,14 +153,14 @@ def get_execution(connection: duckdb.DuckDBPyConnection, id_or_prefix: str) -> E
 # again, took longer to plan than the index lookup takes to run.
 _ENDED_EXECUTION: Final = """
 SELECT id, workflow_id, status, trigger_type, triggered_by, started_at, completed_at, duration_ms,
-       error_message, NULL, trace_id, span_id, service_name, config_version, coalesce(capture_io, false),
+       error_message, NULL, trace_id, service_name, span_id, config_version, coalesce(capture_io, false),
        trigger_data::VARCHAR
 FROM executions WHERE id = ?
 """
 
 _DETAIL_COLUMNS: Final = (
     "id, workflow_id, status, trigger_type, triggered_by, started_at, completed_at, duration_ms, "
-    "error_message, current_step, trace_id, span_id, service_name, metadata ->> 'config_version', "
+    "error_message, current_step, trace_id, service_name, span_id, metadata ->> 'config_version', "
     "coalesce((metadata ->> 'capture_io')::BOOLEAN, false), trigger_data::VARCHAR"
 )
 

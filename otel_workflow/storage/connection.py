@@ -1,4 +1,4 @@
-"""Connections to a database file: the hand-over between processes and threads, and the errors.
+"""Connections to a database file: the hand-over between processes and threads, and failed opens.
 
 DuckDB lets one process hold a database file for writing, and a process cannot open a file another
 process holds. Every connection of ours to a file therefore goes through `gate` (see
