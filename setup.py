@@ -1,7 +1,7 @@
 """The C parts (the rest is in pyproject.toml): the converter of finished spans
 (otel_workflow/_native/spanrows.c) and the span processor's per-span hooks
-(otel_workflow/_native/spanstart.c), both reading the recognition rules through
-otel_workflow/_native/conventions.h.
+(otel_workflow/_native/spanstart.c), both applying the recognition rules through
+otel_workflow/_native/conventions.h, with the keys Python gives them (otel_workflow/_native/rules.py).
 
 `optional=True`: where no C compiler is found the package installs without them and
 `otel_workflow.ingest.convert` and `otel_workflow.sdk.processor` do the same work in Python (the

@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from reliability_support import check_database, lock_held, run_python
 
 from otel_workflow import DuckDBSpanExporter, TraceStore, WorkflowSpanProcessor, WorkflowTracer
-from otel_workflow.ingest.writer import DROPPED_METRIC, register_drop_metric
+from otel_workflow.ingest.drops import DROPPED_METRIC, register_drop_metric
 
 STEPS = 4
 

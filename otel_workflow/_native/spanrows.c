@@ -9,7 +9,7 @@
  * the Python converter), so odd input keeps the Python converter's behaviour.
  *
  * The batches leave through the Arrow C data interface as PyCapsules ("arrow_array"); `stream` hands
- * many of them to pyarrow at once, with the schemas of rows.py.
+ * many of them to pyarrow at once, with the schemas of ingest/columns.py.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -466,7 +466,7 @@ static PyObject *stream(PyObject *module, PyObject *const *args, Py_ssize_t narg
     return capsule;
 }
 
-/* ---- configuration: names, constants and Python helpers from rows.py and conventions.py ---- */
+/* ---- configuration: the SDK's classes and Python helpers (convert.py), the rules (rules.py) ---- */
 
 typedef struct {
     PyObject *status_error;
@@ -484,22 +484,15 @@ typedef struct {
     PyObject *utf8;            /* lone surrogates -> replacement characters */
     PyObject *io_payload;
     PyObject *error_message;
-    PyObject *sequence;        /* conventions._sequence, for values that are not plain ints */
+    PyObject *sequence;        /* conventions.step_sequence, for values that are not plain ints */
     PyObject *declared_result; /* a CI/CD result value -> our status */
     PyObject *scope_type;      /* InstrumentationScope */
-    PyObject *io_events;       /* frozenset of event names that carry a payload */
-    PyObject *io_output_event;
-    PyObject *step_prefix;
-    PyObject *execution_name;
+} Config;
+
+/* The recognition rules `recognise` and `workflow_status` read (rules.RECOGNITION, by these names). */
+typedef struct {
     PyObject *role_step;
     PyObject *role_execution;
-    PyObject *step_name;
-    PyObject *cicd_task_run_id;
-    PyObject *cicd_task_name;
-    PyObject *cicd_run_id;
-    PyObject *cicd_result;
-    PyObject *cicd_task_result;
-    PyObject *capture_io;
     PyObject *execution_id_keys;
     PyObject *workflow_id_keys;
     PyObject *trigger_type_keys;
@@ -510,15 +503,21 @@ typedef struct {
     PyObject *step_type_keys;
     PyObject *step_sequence_keys;
     PyObject *step_parent_keys;
-    PyObject *failed;
-    PyObject *compensated;
-    PyObject *skipped;
+    PyObject *execution_result_key; /* a CI/CD result value: `declared_result` maps it */
+    PyObject *step_result_key;
+    PyObject *capture_io_key;
     PyObject *completed;
-} Config;
+    PyObject *failed;
+    PyObject *skipped;
+    PyObject *compensated;
+    PyObject *io_events; /* frozenset of event names that carry a payload */
+    PyObject *io_output_event;
+} Rules;
 
 static Config config;
+static Rules rules;
+static RoleKeys role_keys;
 static int configured = 0;
-static RoleKeys role_keys; /* borrowed from `config` */
 
 /* Attribute names read from SDK objects, interned once. */
 static PyObject *s_context, *s_name, *s_kind, *s_parent, *s_start_time, *s_end_time, *s_attributes,
@@ -567,12 +566,18 @@ static int intern_names(void) {
     return 0;
 }
 
-static PyObject *configure(PyObject *module, PyObject *settings) {
+/*
+ * configure(settings, rules): the SDK's classes and the Python helpers (`settings`, a dict from
+ * convert.py), and the recognition rules (`rules`, rules.RECOGNITION). Before any conversion; again
+ * replaces them all.
+ */
+static PyObject *configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (!PyDict_Check(settings)) {
-        PyErr_SetString(PyExc_TypeError, "configure() takes a dict");
+    if (nargs != 2 || !PyDict_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "configure(settings: dict, rules: Mapping)");
         return NULL;
     }
+    PyObject *settings = args[0];
     struct {
         const char *key;
         PyObject **slot;
@@ -594,76 +599,59 @@ static PyObject *configure(PyObject *module, PyObject *settings) {
         {"sequence", &config.sequence},
         {"declared_result", &config.declared_result},
         {"scope_type", &config.scope_type},
-        {"io_events", &config.io_events},
-        {"io_output_event", &config.io_output_event},
-        {"step_prefix", &config.step_prefix},
-        {"execution_name", &config.execution_name},
-        {"role_step", &config.role_step},
-        {"role_execution", &config.role_execution},
-        {"step_name", &config.step_name},
-        {"cicd_task_run_id", &config.cicd_task_run_id},
-        {"cicd_task_name", &config.cicd_task_name},
-        {"cicd_run_id", &config.cicd_run_id},
-        {"cicd_result", &config.cicd_result},
-        {"cicd_task_result", &config.cicd_task_result},
-        {"capture_io", &config.capture_io},
-        {"execution_id_keys", &config.execution_id_keys},
-        {"workflow_id_keys", &config.workflow_id_keys},
-        {"trigger_type_keys", &config.trigger_type_keys},
-        {"triggered_by_keys", &config.triggered_by_keys},
-        {"config_version_keys", &config.config_version_keys},
-        {"step_name_keys", &config.step_name_keys},
-        {"step_status_keys", &config.step_status_keys},
-        {"step_type_keys", &config.step_type_keys},
-        {"step_sequence_keys", &config.step_sequence_keys},
-        {"step_parent_keys", &config.step_parent_keys},
     };
     size_t count = sizeof(entries) / sizeof(entries[0]);
     for (size_t i = 0; i < count; i++) {
-        PyObject *value = PyDict_GetItemString(settings, entries[i].key);
-        if (value == NULL) {
+        if (PyDict_GetItemString(settings, entries[i].key) == NULL) {
             PyErr_Format(PyExc_KeyError, "configure() needs %s", entries[i].key);
             return NULL;
         }
-        Py_INCREF(value);
-        Py_XSETREF(*entries[i].slot, value);
     }
-    if (!PyUnicode_Check(config.step_prefix) || !PyAnySet_Check(config.io_events) ||
-        !PyTuple_Check(config.sdk_span_types) ||
-        !PyDict_Check(config.status_names) || !PyDict_Check(config.kind_names)) {
+    PyObject *status_names = PyDict_GetItemString(settings, "status_names");
+    PyObject *kind_names = PyDict_GetItemString(settings, "kind_names");
+    PyObject *span_types = PyDict_GetItemString(settings, "sdk_span_types");
+    if (!PyTuple_Check(span_types) || !PyDict_Check(status_names) || !PyDict_Check(kind_names)) {
         PyErr_SetString(PyExc_TypeError, "configure(): unexpected setting types");
         return NULL;
     }
-    const char *keyed[] = {"execution_id_keys",   "workflow_id_keys",   "trigger_type_keys",
-                           "triggered_by_keys",   "config_version_keys", "step_name_keys",
-                           "step_status_keys",    "step_type_keys",     "step_sequence_keys",
-                           "step_parent_keys"};
-    for (size_t i = 0; i < sizeof(keyed) / sizeof(keyed[0]); i++) {
-        if (!PyTuple_Check(PyDict_GetItemString(settings, keyed[i]))) {
-            PyErr_Format(PyExc_TypeError, "configure(): %s must be a tuple", keyed[i]);
-            return NULL;
-        }
+    const RuleEntry rule_entries[] = {
+        {"role_step", RULE_TEXT, &rules.role_step},
+        {"role_execution", RULE_TEXT, &rules.role_execution},
+        {"execution_id_keys", RULE_KEYS, &rules.execution_id_keys},
+        {"workflow_id_keys", RULE_KEYS, &rules.workflow_id_keys},
+        {"trigger_type_keys", RULE_KEYS, &rules.trigger_type_keys},
+        {"triggered_by_keys", RULE_KEYS, &rules.triggered_by_keys},
+        {"config_version_keys", RULE_KEYS, &rules.config_version_keys},
+        {"step_name_keys", RULE_KEYS, &rules.step_name_keys},
+        {"step_status_keys", RULE_KEYS, &rules.step_status_keys},
+        {"step_type_keys", RULE_KEYS, &rules.step_type_keys},
+        {"step_sequence_keys", RULE_KEYS, &rules.step_sequence_keys},
+        {"step_parent_keys", RULE_KEYS, &rules.step_parent_keys},
+        {"execution_result_key", RULE_TEXT, &rules.execution_result_key},
+        {"step_result_key", RULE_TEXT, &rules.step_result_key},
+        {"capture_io_key", RULE_TEXT, &rules.capture_io_key},
+        {"status_completed", RULE_TEXT, &rules.completed},
+        {"status_failed", RULE_TEXT, &rules.failed},
+        {"status_skipped", RULE_TEXT, &rules.skipped},
+        {"status_compensated", RULE_TEXT, &rules.compensated},
+        {"io_events", RULE_SET, &rules.io_events},
+        {"io_output_event", RULE_TEXT, &rules.io_output_event},
+    };
+    /* The rules first: each is checked before anything is taken. */
+    if (rules_read(args[1], rule_entries, sizeof(rule_entries) / sizeof(rule_entries[0])) < 0 ||
+        role_keys_read(args[1], &role_keys) < 0) {
+        return NULL;
     }
-#define TEXT(slot, literal)                                                                        \
-    if (slot == NULL && (slot = PyUnicode_InternFromString(literal)) == NULL) {                    \
-        return NULL;                                                                               \
+    for (size_t i = 0; i < count; i++) {
+        Py_XSETREF(*entries[i].slot, Py_NewRef(PyDict_GetItemString(settings, entries[i].key)));
     }
-    TEXT(config.failed, "failed");
-    TEXT(config.compensated, "compensated");
-    TEXT(config.skipped, "skipped");
-    TEXT(config.completed, "completed");
-#undef TEXT
-    role_keys = (RoleKeys){config.step_prefix,
-                           {config.step_name, config.cicd_task_run_id, config.cicd_task_name},
-                           config.execution_name,
-                           config.cicd_run_id};
     configured = 1;
     Py_RETURN_NONE;
 }
 
 /* ---- reading values ---- */
 
-/* Text into a string column; None is null. Lone surrogates go through rows.utf8 (replacement). */
+/* Text into a string column; None is null. Lone surrogates go through convert.utf8 (replacement). */
 static int append_text(Column *c, PyObject *value) {
     if (value == Py_None) {
         return append_null(c);
@@ -708,7 +696,7 @@ static int append_str_of(Column *c, PyObject *value) {
     return result;
 }
 
-/* Attributes as a JSON object (rows.attributes_json). `attributes` is a dict or NULL. */
+/* Attributes as a JSON object (convert.attributes_json). `attributes` is a dict or NULL. */
 static int append_json(Column *c, PyObject *attributes) {
     if (attributes == NULL || PyDict_GET_SIZE(attributes) == 0) {
         return append_bytes(c, "{}", 2);
@@ -732,7 +720,7 @@ static int append_json(Column *c, PyObject *attributes) {
     return result;
 }
 
-/* The plain dict behind SDK attributes (rows.plain_attributes); a new reference, NULL on error. */
+/* The plain dict behind SDK attributes (convert.plain_attributes); a new reference, NULL on error. */
 static PyObject *plain_attributes(PyObject *attributes) {
     if (attributes == NULL || attributes == Py_None) {
         return PyDict_New();
@@ -749,7 +737,7 @@ static PyObject *plain_attributes(PyObject *attributes) {
         Py_XDECREF(inner);
         PyErr_Clear();
     }
-    /* another Mapping: copied, as rows.plain_attributes does */
+    /* another Mapping: copied, as convert.plain_attributes does */
     return PyObject_CallOneArg((PyObject *)&PyDict_Type, attributes);
 }
 
@@ -771,7 +759,7 @@ static int micros(PyObject *value, int64_t *out) {
 
 static const char HEX[] = "0123456789abcdef";
 
-/* An id as lowercase hex of `width` digits (rows.hex_trace_id/hex_span_id). */
+/* An id as lowercase hex of `width` digits (convert.hex_trace_id/hex_span_id). */
 static int append_hex(Column *c, PyObject *id, int width) {
     if (!PyLong_CheckExact(id)) {
         PyErr_SetString(PyExc_TypeError, "ids must be ints");
@@ -814,26 +802,87 @@ static int context_ids(PyObject *context, PyObject **trace_id, PyObject **span_i
     return 0;
 }
 
-/* ---- the spans table ---- */
+/* ---- the tables ----
+ * Each table's columns in order: the enum a row is built by, the builder's kind, and the name and Arrow
+ * type of the column, which must be those of otel_workflow/ingest/columns.py (`columns()` tells them;
+ * convert.py checks them when it configures this module, tests/test_columns.py against a real file).
+ */
 
-enum {
-    S_TRACE_ID, S_SPAN_ID, S_PARENT_SPAN_ID, S_NAME, S_KIND, S_START, S_END, S_DURATION,
-    S_STATUS_CODE, S_STATUS_MESSAGE, S_SERVICE, S_RESOURCE_ATTRIBUTES, S_SCOPE_NAME, S_SCOPE_VERSION,
-    S_ATTRIBUTES, S_DROPPED_ATTRIBUTES, S_DROPPED_EVENTS, S_DROPPED_LINKS, S_ROLE, S_EXECUTION_ID,
-    S_WORKFLOW_ID, S_STEP_NAME, S_STEP_TYPE, S_STEP_SEQUENCE, S_PARENT_STEP_ID, S_WORKFLOW_STATUS,
-    S_ERROR_MESSAGE, S_TRIGGER_TYPE, S_TRIGGERED_BY, S_CONFIG_VERSION, S_CAPTURE_IO, S_INPUT,
-    S_OUTPUT, S_COUNT
-};
-static const ColumnKind SPAN_KINDS[S_COUNT] = {
-    COL_STR, COL_STR, COL_STR, COL_STR, COL_STR, COL_I64, COL_I64, COL_F64, COL_STR, COL_STR, COL_STR,
-    COL_STR, COL_STR, COL_STR, COL_STR, COL_I32, COL_I32, COL_I32, COL_STR, COL_STR, COL_STR, COL_STR,
-    COL_STR, COL_I64, COL_STR, COL_STR, COL_STR, COL_STR, COL_STR, COL_STR, COL_BOOL, COL_STR, COL_STR};
+#define SPAN_COLUMNS(X)                                                                            \
+    X(S_TRACE_ID, "trace_id", COL_STR, "string")                                                    \
+    X(S_SPAN_ID, "span_id", COL_STR, "string")                                                      \
+    X(S_PARENT_SPAN_ID, "parent_span_id", COL_STR, "string")                                        \
+    X(S_NAME, "name", COL_STR, "string")                                                            \
+    X(S_KIND, "kind", COL_STR, "string")                                                            \
+    X(S_START, "start_time", COL_I64, "timestamp[us, tz=UTC]")                                      \
+    X(S_END, "end_time", COL_I64, "timestamp[us, tz=UTC]")                                          \
+    X(S_DURATION, "duration_ms", COL_F64, "double")                                                 \
+    X(S_STATUS_CODE, "status_code", COL_STR, "string")                                              \
+    X(S_STATUS_MESSAGE, "status_message", COL_STR, "string")                                        \
+    X(S_SERVICE, "service_name", COL_STR, "string")                                                 \
+    X(S_RESOURCE_ATTRIBUTES, "resource_attributes", COL_STR, "string")                              \
+    X(S_SCOPE_NAME, "scope_name", COL_STR, "string")                                                \
+    X(S_SCOPE_VERSION, "scope_version", COL_STR, "string")                                          \
+    X(S_ATTRIBUTES, "attributes", COL_STR, "string")                                                \
+    X(S_DROPPED_ATTRIBUTES, "dropped_attributes", COL_I32, "int32")                                 \
+    X(S_DROPPED_EVENTS, "dropped_events", COL_I32, "int32")                                         \
+    X(S_DROPPED_LINKS, "dropped_links", COL_I32, "int32")                                           \
+    X(S_ROLE, "workflow_role", COL_STR, "string")                                                   \
+    X(S_EXECUTION_ID, "execution_id", COL_STR, "string")                                            \
+    X(S_WORKFLOW_ID, "workflow_id", COL_STR, "string")                                              \
+    X(S_STEP_NAME, "step_name", COL_STR, "string")                                                  \
+    X(S_STEP_TYPE, "step_type", COL_STR, "string")                                                  \
+    X(S_STEP_SEQUENCE, "step_sequence", COL_I64, "int64")                                           \
+    X(S_PARENT_STEP_ID, "parent_step_id", COL_STR, "string")                                        \
+    X(S_WORKFLOW_STATUS, "workflow_status", COL_STR, "string")                                      \
+    X(S_ERROR_MESSAGE, "error_message", COL_STR, "string")                                          \
+    X(S_TRIGGER_TYPE, "trigger_type", COL_STR, "string")                                            \
+    X(S_TRIGGERED_BY, "triggered_by", COL_STR, "string")                                            \
+    X(S_CONFIG_VERSION, "config_version", COL_STR, "string")                                        \
+    X(S_CAPTURE_IO, "capture_io", COL_BOOL, "bool")                                                 \
+    X(S_INPUT, "input_data", COL_STR, "string")                                                     \
+    X(S_OUTPUT, "output_data", COL_STR, "string")
 
-enum { E_TRACE_ID, E_SPAN_ID, E_INDEX, E_NAME, E_TIMESTAMP, E_ATTRIBUTES, E_COUNT };
-static const ColumnKind EVENT_KINDS[E_COUNT] = {COL_STR, COL_STR, COL_I32, COL_STR, COL_I64, COL_STR};
+#define EVENT_COLUMNS(X)                                                                           \
+    X(E_TRACE_ID, "trace_id", COL_STR, "string")                                                    \
+    X(E_SPAN_ID, "span_id", COL_STR, "string")                                                      \
+    X(E_INDEX, "event_index", COL_I32, "int32")                                                     \
+    X(E_NAME, "name", COL_STR, "string")                                                            \
+    X(E_TIMESTAMP, "timestamp", COL_I64, "timestamp[us, tz=UTC]")                                   \
+    X(E_ATTRIBUTES, "attributes", COL_STR, "string")
 
-enum { L_TRACE_ID, L_SPAN_ID, L_INDEX, L_LINKED_TRACE_ID, L_LINKED_SPAN_ID, L_ATTRIBUTES, L_COUNT };
-static const ColumnKind LINK_KINDS[L_COUNT] = {COL_STR, COL_STR, COL_I32, COL_STR, COL_STR, COL_STR};
+#define LINK_COLUMNS(X)                                                                            \
+    X(L_TRACE_ID, "trace_id", COL_STR, "string")                                                    \
+    X(L_SPAN_ID, "span_id", COL_STR, "string")                                                      \
+    X(L_INDEX, "link_index", COL_I32, "int32")                                                      \
+    X(L_LINKED_TRACE_ID, "linked_trace_id", COL_STR, "string")                                      \
+    X(L_LINKED_SPAN_ID, "linked_span_id", COL_STR, "string")                                        \
+    X(L_ATTRIBUTES, "attributes", COL_STR, "string")
+
+#define COLUMN_INDEX(index, name, kind, arrow) index,
+#define COLUMN_KIND(index, name, kind, arrow) kind,
+#define COLUMN_NAME(index, name, kind, arrow) {name, arrow},
+
+typedef struct {
+    const char *name;
+    const char *arrow; /* the Arrow type, as pyarrow prints it */
+} ColumnName;
+
+enum { SPAN_COLUMNS(COLUMN_INDEX) S_COUNT };
+static const ColumnKind SPAN_KINDS[S_COUNT] = {SPAN_COLUMNS(COLUMN_KIND)};
+static const ColumnName SPAN_NAMES[S_COUNT] = {SPAN_COLUMNS(COLUMN_NAME)};
+
+enum { EVENT_COLUMNS(COLUMN_INDEX) E_COUNT };
+static const ColumnKind EVENT_KINDS[E_COUNT] = {EVENT_COLUMNS(COLUMN_KIND)};
+static const ColumnName EVENT_NAMES[E_COUNT] = {EVENT_COLUMNS(COLUMN_NAME)};
+
+enum { LINK_COLUMNS(COLUMN_INDEX) L_COUNT };
+static const ColumnKind LINK_KINDS[L_COUNT] = {LINK_COLUMNS(COLUMN_KIND)};
+static const ColumnName LINK_NAMES[L_COUNT] = {LINK_COLUMNS(COLUMN_NAME)};
+
+#undef COLUMN_INDEX
+#undef COLUMN_KIND
+#undef COLUMN_NAME
 
 typedef struct {
     Column spans[S_COUNT];
@@ -1005,7 +1054,7 @@ static int add_each(Batch *b, PyObject *items, AddElement add, Owner *owner) {
 }
 
 /* Events and links rows begin alike: the span they belong to, and their index in it. */
-_Static_assert(E_TRACE_ID == L_TRACE_ID && E_SPAN_ID == L_SPAN_ID && E_INDEX == L_INDEX,
+_Static_assert((int)E_TRACE_ID == (int)L_TRACE_ID && (int)E_SPAN_ID == (int)L_SPAN_ID && (int)E_INDEX == (int)L_INDEX,
                "events and links share their first three columns");
 static int append_child_key(Column *c, Owner *owner, int32_t index) {
     return (append_hex(&c[E_TRACE_ID], owner->trace_id, 32) < 0 ||
@@ -1023,7 +1072,7 @@ static int add_event(Batch *b, PyObject *event, int32_t index, Owner *owner) {
     int64_t at = 0;
     int status = attributes == NULL ? -1 : micros(stamp, &at);
     if (status == 0 && PyUnicode_Check(name)) {
-        int io = PySet_Contains(config.io_events, name);
+        int io = PySet_Contains(rules.io_events, name);
         if (io < 0) {
             status = -1;
         } else if (io) {
@@ -1031,7 +1080,7 @@ static int add_event(Batch *b, PyObject *event, int32_t index, Owner *owner) {
             if (payload == NULL) {
                 status = -1;
             } else {
-                int is_output = PyUnicode_Compare(name, config.io_output_event) == 0;
+                int is_output = PyUnicode_Compare(name, rules.io_output_event) == 0;
                 Py_XSETREF(*(is_output ? owner->output : owner->input), payload);
             }
         }
@@ -1076,7 +1125,7 @@ static int add_link(Batch *b, PyObject *link, int32_t index, Owner *owner) {
 
 /* What conventions.recognise lifts out of a span; every reference owned (or NULL for none). */
 typedef struct {
-    PyObject *role; /* config.role_step, config.role_execution or NULL */
+    PyObject *role; /* rules.role_step, rules.role_execution or NULL */
     PyObject *execution_id;
     PyObject *workflow_id;
     PyObject *step_name;
@@ -1138,27 +1187,27 @@ static int recognise(PyObject *name, PyObject *attributes, Recognised *r) {
     if (span_role(name, attributes, &role_keys, &step, &execution) < 0) {
         return -1;
     }
-    r->execution_id = pick(attributes, config.execution_id_keys, &error);
+    r->execution_id = pick(attributes, rules.execution_id_keys, &error);
     if (error || to_text(&r->execution_id) < 0) {
         return -1;
     }
     if (!step && !execution) {
         return 0;
     }
-    r->role = step ? config.role_step : config.role_execution;
+    r->role = step ? rules.role_step : rules.role_execution;
     Py_INCREF(r->role);
-    r->workflow_id = pick(attributes, config.workflow_id_keys, &error);
+    r->workflow_id = pick(attributes, rules.workflow_id_keys, &error);
     if (error || to_text(&r->workflow_id) < 0) {
         return -1;
     }
     if (execution) {
-        PyObject *result = get(attributes, config.cicd_result);
+        PyObject *result = get(attributes, rules.execution_result_key);
         r->declared_status = ask(config.declared_result, result);
         Py_XDECREF(result);
-        r->trigger_type = pick(attributes, config.trigger_type_keys, &error);
-        r->triggered_by = pick(attributes, config.triggered_by_keys, &error);
-        r->config_version = pick(attributes, config.config_version_keys, &error);
-        PyObject *capture = get(attributes, config.capture_io);
+        r->trigger_type = pick(attributes, rules.trigger_type_keys, &error);
+        r->triggered_by = pick(attributes, rules.triggered_by_keys, &error);
+        r->config_version = pick(attributes, rules.config_version_keys, &error);
+        PyObject *capture = get(attributes, rules.capture_io_key);
         r->capture_io = capture == Py_True;
         Py_XDECREF(capture);
         if (error || PyErr_Occurred() || to_text(&r->trigger_type) < 0 || to_text(&r->triggered_by) < 0 ||
@@ -1167,18 +1216,18 @@ static int recognise(PyObject *name, PyObject *attributes, Recognised *r) {
         }
         return 0;
     }
-    r->step_name = pick(attributes, config.step_name_keys, &error);
+    r->step_name = pick(attributes, rules.step_name_keys, &error);
     if (error) {
         return -1;
     }
     if (r->step_name == NULL) {
-        int prefixed = PyUnicode_Tailmatch(name, config.step_prefix, 0, PY_SSIZE_T_MAX, -1);
+        int prefixed = PyUnicode_Tailmatch(name, role_keys.step_prefix, 0, PY_SSIZE_T_MAX, -1);
         if (prefixed < 0) {
             return -1;
         }
         if (prefixed) {
             r->step_name =
-                PyUnicode_Substring(name, PyUnicode_GET_LENGTH(config.step_prefix), PY_SSIZE_T_MAX);
+                PyUnicode_Substring(name, PyUnicode_GET_LENGTH(role_keys.step_prefix), PY_SSIZE_T_MAX);
             if (r->step_name == NULL) {
                 return -1;
             }
@@ -1187,14 +1236,14 @@ static int recognise(PyObject *name, PyObject *attributes, Recognised *r) {
             r->step_name = name;
         }
     }
-    r->declared_status = pick(attributes, config.step_status_keys, &error);
+    r->declared_status = pick(attributes, rules.step_status_keys, &error);
     if (!error && r->declared_status == NULL) {
-        PyObject *result = get(attributes, config.cicd_task_result);
+        PyObject *result = get(attributes, rules.step_result_key);
         r->declared_status = ask(config.declared_result, result);
         Py_XDECREF(result);
     }
-    r->step_type = pick(attributes, config.step_type_keys, &error);
-    PyObject *sequence = pick(attributes, config.step_sequence_keys, &error);
+    r->step_type = pick(attributes, rules.step_type_keys, &error);
+    PyObject *sequence = pick(attributes, rules.step_sequence_keys, &error);
     if (sequence != NULL) {
         int overflow = 0;
         long long n = PyLong_CheckExact(sequence) ? PyLong_AsLongLongAndOverflow(sequence, &overflow) : 0;
@@ -1205,7 +1254,7 @@ static int recognise(PyObject *name, PyObject *attributes, Recognised *r) {
             Py_DECREF(sequence);
         }
     }
-    r->parent_step_id = pick(attributes, config.step_parent_keys, &error);
+    r->parent_step_id = pick(attributes, rules.step_parent_keys, &error);
     if (error || PyErr_Occurred() || to_text(&r->step_name) < 0 || to_text(&r->declared_status) < 0 ||
         to_text(&r->step_type) < 0 || to_text(&r->parent_step_id) < 0) {
         return -1;
@@ -1245,7 +1294,7 @@ static int read_fields(PyObject *span, Fields *f) {
     return 0;
 }
 
-/* The times of a span in microseconds and its duration in ms, as rows.SpanConverter computes them. */
+/* The times of a span in microseconds and its duration in ms, as convert.SpanConverter computes them. */
 static int times(Fields *f, int64_t *start, int64_t *end, double *duration_ms) {
     long long start_ns = 0, end_ns;
     int truthy = PyObject_IsTrue(f->start_time); /* start_time or 0 */
@@ -1275,13 +1324,13 @@ static PyObject *workflow_status(Recognised *r, int failed) {
     if (r->role == NULL) {
         return NULL;
     }
-    if (equal(r->declared_status, config.compensated)) {
-        return config.compensated;
+    if (equal(r->declared_status, rules.compensated)) {
+        return rules.compensated;
     }
     if (failed) {
-        return config.failed;
+        return rules.failed;
     }
-    return equal(r->declared_status, config.skipped) ? config.skipped : config.completed;
+    return equal(r->declared_status, rules.skipped) ? rules.skipped : rules.completed;
 }
 
 static int add_span(Batch *b, PyObject *span) {
@@ -1338,7 +1387,7 @@ static int add_span(Batch *b, PyObject *span) {
     }
     /* The description stays alive while this span's row is built, even if a helper replaces it. */
     Py_INCREF(resource_row);
-    int failed = is_error || equal(r.declared_status, config.failed);
+    int failed = is_error || equal(r.declared_status, rules.failed);
     int bad = 0;
     Owner owner = {trace_id, span_id, &input, &output};
     if ((f.events != Py_None && add_each(b, f.events, add_event, &owner) < 0) ||
@@ -1392,7 +1441,7 @@ done:
 
 /*
  * finished(spans: list, types: set, describe_resource) -> (spans, events, links, span_rows, event_rows,
- * link_rows): three "arrow_array" capsules and their lengths (rows.tables_of imports them). Raises
+ * link_rows): three "arrow_array" capsules and their lengths (convert.tables_of imports them). Raises
  * Unsupported (a span whose type is not in `types`, or not shaped like the SDK's) or any error a value
  * caused; the caller then converts the slice in Python.
  */
@@ -1444,7 +1493,7 @@ done:
 }
 
 /*
- * rows.span_owners: for each finished span, (execution id, whether it is that execution's own span),
+ * convert.span_owners: for each finished span, (execution id, whether it is that execution's own span),
  * or None for a span of a class this module does not read (Python tells). The writer asks this of
  * every span it accepts, on the exporter's thread.
  */
@@ -1472,7 +1521,7 @@ static PyObject *owners(PyObject *module, PyObject *spans) {
             (attributes = plain_attributes(holder)) == NULL) {
             goto span_done;
         }
-        execution_id = pick(attributes, config.execution_id_keys, &error);
+        execution_id = pick(attributes, rules.execution_id_keys, &error);
         if (error || to_text(&execution_id) < 0) {
             goto span_done;
         }
@@ -1505,10 +1554,41 @@ static PyObject *owners(PyObject *module, PyObject *spans) {
     return result;
 }
 
+/* One table's columns as ((name, arrow type), ...). */
+static PyObject *column_names(const ColumnName *names, int count) {
+    PyObject *result = PyTuple_New(count);
+    for (int i = 0; result != NULL && i < count; i++) {
+        PyObject *pair = Py_BuildValue("(ss)", names[i].name, names[i].arrow);
+        if (pair == NULL) {
+            Py_CLEAR(result);
+            break;
+        }
+        PyTuple_SET_ITEM(result, i, pair);
+    }
+    return result;
+}
+
+/*
+ * columns() -> (spans, span_events, span_links): each table's columns as `finished` builds them, in
+ * order, as ((name, arrow type), ...), for the check against ingest/columns.py.
+ */
+static PyObject *columns(PyObject *module, PyObject *unused) {
+    PyObject *spans = column_names(SPAN_NAMES, S_COUNT);
+    PyObject *events = spans ? column_names(EVENT_NAMES, E_COUNT) : NULL;
+    PyObject *links = events ? column_names(LINK_NAMES, L_COUNT) : NULL;
+    PyObject *result = links ? PyTuple_Pack(3, spans, events, links) : NULL;
+    Py_XDECREF(spans);
+    Py_XDECREF(events);
+    Py_XDECREF(links);
+    return result;
+}
+
 static PyMethodDef methods[] = {
-    {"configure", (PyCFunction)configure, METH_O, "Set the names, constants and helpers (rows.py)."},
+    {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
+     "Set the SDK classes and helpers (convert.py) and the recognition rules (rules.py)."},
     {"finished", (PyCFunction)(void (*)(void))finished, METH_FASTCALL,
      "Finished SDK spans -> Arrow arrays (spans, events, links) as capsules."},
+    {"columns", (PyCFunction)columns, METH_NOARGS, "The columns of the three tables, as built here."},
     {"owners", (PyCFunction)owners, METH_O, "Finished spans -> (execution id, ends it) or None each."},
     {"stream", (PyCFunction)(void (*)(void))stream, METH_FASTCALL,
      "Record batch capsules and a schema capsule -> one ArrowArrayStream capsule."},

@@ -9,7 +9,9 @@
  * did not number, setting attributes, waking the writer for a live row) calls back into Python.
  *
  * The running-span map is shared with Python: span id (int) -> (execution id | None, workflow id |
- * None, is_step: bool).
+ * None, is_step: bool). No key or span name is spelled here: they come from rules.RECOGNITION when a
+ * Hooks is made. The live-row gate (ingest/live.py `LiveRowGate`) is reached only through the
+ * interface it documents for this module: `open`, `limit`, `refused`, `spans`, `wake()`, `dropped()`.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -30,16 +32,16 @@ typedef struct {
     PyObject *bounded_type;  /* opentelemetry.attributes.BoundedAttributes: its `_dict` is read */
     PyObject *span_key;      /* the context key of the current span (trace.propagation._SPAN_KEY) */
     PyObject *current_context; /* the ContextVar of the current Context, or None (another runtime context) */
+    /* The rules (rules.RECOGNITION): */
     PyObject *markers;       /* frozenset: keys that can give a span a role or an execution id */
     PyObject *marker_list;   /* the same keys, as a tuple to go through */
-    PyObject *execution_id_keys;
-    PyObject *step_prefix, *execution_name, *workflow_id_key, *execution_id_key, *step_name_key,
-        *task_run_id_key, *task_name_key, *run_id_key, *step_parent_key, *step_sequence_key;
-    RoleKeys roles; /* borrowed from the keys above */
+    PyObject *execution_id_keys; /* tuple, in order of precedence */
+    PyObject *workflow_id_key, *execution_id_key, *step_parent_key, *step_sequence_key; /* stamped */
+    RoleKeys roles;
     PyObject *fallback;       /* processor._PythonHooks sharing `live`: spans this type does not read */
     PyObject *number_step;    /* execution id -> the next step number */
     PyObject *forget;         /* execution id -> None: its step counter goes */
-    PyObject *live_rows;      /* writer.LiveRowGate where started spans wait for live rows; or None */
+    PyObject *live_rows;      /* live.LiveRowGate where started spans wait for live rows; or None */
     PyObject *recognised_parent; /* parent_context -> entry or None, where this type cannot tell */
     PyObject *failed;         /* (where, exception) -> None: logs once */
 } Hooks;
@@ -75,7 +77,7 @@ static int sdk_span(Hooks *h, PyObject *object) {
 }
 
 static int has_marker(Hooks *h, PyObject *attributes) {
-    /* Over the smaller side: most spans have a few attributes, the markers are seven. */
+    /* Over the smaller side: most spans have a few attributes, the markers are a handful. */
     if (PyDict_GET_SIZE(attributes) < PySet_GET_SIZE(h->markers)) {
         Py_ssize_t at = 0;
         PyObject *key, *value;
@@ -222,8 +224,8 @@ static int make_room(Hooks *h) {
     return PyDict_DelItem(h->live, key);
 }
 
-/* writer.LiveRowGate.submit, reading the gate's fields: no Python code runs unless the span is the
- * first to wait (wake the writer) or is turned away (count it). */
+/* live.LiveRowGate.submit, through the gate's interface for this module (see there): no Python code
+ * runs unless the span is the first to wait (wake the writer) or is turned away (count it). */
 static int queue_live_row(Hooks *h, PyObject *span, PyObject *execution_id) {
     PyObject *gate = h->live_rows, *spans = NULL, *refused = NULL, *limit = NULL, *open = NULL;
     int result = -1, accepted = 0;
@@ -302,8 +304,8 @@ static int start(Hooks *h, PyObject *span, PyObject *parent_context) {
         }
         local_parent = !remote;
     }
-    int step_name = starts_with(name, h->step_prefix);
-    int execution_name = PyUnicode_Compare(name, h->execution_name) == 0;
+    int step_name = starts_with(name, h->roles.step_prefix);
+    int execution_name = PyUnicode_Compare(name, h->roles.execution_name) == 0;
     int marked = has_marker(h, attributes);
     if (marked < 0) {
         goto out;
@@ -524,22 +526,27 @@ static PyObject *on_end(Hooks *h, PyObject *span) {
 /* ---- the type ---- */
 
 #define OBJECT_FIELDS(X)                                                                          \
-    X(live) X(span_types) X(readable_type) X(bounded_type) X(span_key) X(current_context) X(markers) X(marker_list)             \
-    X(execution_id_keys) X(step_prefix) X(execution_name) X(workflow_id_key) X(execution_id_key)   \
-    X(step_name_key) X(task_run_id_key) X(task_name_key) X(run_id_key) X(step_parent_key)          \
-    X(step_sequence_key) X(fallback) X(number_step) X(forget) X(live_rows)                    \
-    X(recognised_parent) X(failed)
+    X(live) X(span_types) X(readable_type) X(bounded_type) X(span_key) X(current_context) X(markers)  \
+    X(marker_list) X(execution_id_keys) X(workflow_id_key) X(execution_id_key) X(step_parent_key)   \
+    X(step_sequence_key) X(fallback) X(number_step) X(forget) X(live_rows) X(recognised_parent)     \
+    X(failed)
 
 static int traverse(Hooks *h, visitproc visit, void *arg) {
 #define VISIT(field) Py_VISIT(h->field);
+#define VISIT_ROLE(field) Py_VISIT(h->roles.field);
     OBJECT_FIELDS(VISIT)
+    ROLE_KEYS_FIELDS(VISIT_ROLE)
+#undef VISIT_ROLE
 #undef VISIT
     return 0;
 }
 
 static int clear(Hooks *h) {
 #define CLEAR(field) Py_CLEAR(h->field);
+#define CLEAR_ROLE(field) Py_CLEAR(h->roles.field);
     OBJECT_FIELDS(CLEAR)
+    ROLE_KEYS_FIELDS(CLEAR_ROLE)
+#undef CLEAR_ROLE
 #undef CLEAR
     return 0;
 }
@@ -550,32 +557,17 @@ static void dealloc(Hooks *h) {
     Py_TYPE(h)->tp_free((PyObject *)h);
 }
 
-/* The str value of `keys[name]`, owned by `*slot`. */
-static int key_text(PyObject *keys, const char *name, PyObject **slot) {
-    PyObject *value = PyMapping_GetItemString(keys, name);
-    if (value == NULL) {
-        return -1;
-    }
-    if (!PyUnicode_CheckExact(value)) {
-        Py_DECREF(value);
-        PyErr_Format(PyExc_TypeError, "keys[%s] must be a str", name);
-        return -1;
-    }
-    *slot = value;
-    return 0;
-}
-
 static int init(Hooks *h, PyObject *args, PyObject *kwargs) {
     static char *names[] = {"live",       "max_live",       "span_types",        "readable_type",
-                            "bounded_type", "span_key",     "current_context",   "keys",
+                            "bounded_type", "span_key",     "current_context",   "rules",
                             "fallback",   "number_step",    "forget",            "live_rows",
-                            "recognised_parent", "failed",  NULL};
-    PyObject *live, *span_types, *readable_type, *bounded_type, *span_key, *current_context, *keys, *fallback,
+                            "recognised_parent", "on_failure", NULL};
+    PyObject *live, *span_types, *readable_type, *bounded_type, *span_key, *current_context, *rules, *fallback,
         *number_step, *forget, *live_rows, *recognised, *failed;
     Py_ssize_t max_live;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!nO!OOOOOOOOOOO", names, &PyDict_Type, &live, &max_live,
                                      &PyTuple_Type, &span_types, &readable_type, &bounded_type, &span_key,
-                                     &current_context, &keys, &fallback, &number_step, &forget,
+                                     &current_context, &rules, &fallback, &number_step, &forget,
                                      &live_rows, &recognised, &failed)) {
         return -1;
     }
@@ -598,36 +590,33 @@ static int init(Hooks *h, PyObject *args, PyObject *kwargs) {
     for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
         *fields[i] = Py_NewRef(values[i]);
     }
-    PyObject *markers = PyMapping_GetItemString(keys, "markers");
-    PyObject *id_keys = PyMapping_GetItemString(keys, "execution_id_keys");
-    if (markers == NULL || id_keys == NULL || !PyFrozenSet_CheckExact(markers) || !PyTuple_CheckExact(id_keys)) {
-        Py_XDECREF(markers);
-        Py_XDECREF(id_keys);
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_TypeError, "keys: markers must be a frozenset, execution_id_keys a tuple");
+    const RuleEntry entries[] = {
+        {"markers", RULE_SET, &h->markers},
+        {"execution_id_keys", RULE_KEYS, &h->execution_id_keys},
+        {"workflow_id_key", RULE_TEXT, &h->workflow_id_key},
+        {"execution_id_key", RULE_TEXT, &h->execution_id_key},
+        {"step_parent_key", RULE_TEXT, &h->step_parent_key},
+        {"step_sequence_key", RULE_TEXT, &h->step_sequence_key},
+    };
+    if (rules_read(rules, entries, sizeof(entries) / sizeof(entries[0])) < 0 ||
+        role_keys_read(rules, &h->roles) < 0 || (h->marker_list = PySequence_Tuple(h->markers)) == NULL) {
+        return -1;
+    }
+    if (live_rows != Py_None) {
+        /* The gate's interface for this module (live.LiveRowGate): checked once, here. */
+        PyObject *interface[] = {s_open, s_spans, s_limit, s_refused, s_dropped, s_wake};
+        for (size_t i = 0; i < sizeof(interface) / sizeof(interface[0]); i++) {
+            PyObject *member = PyObject_GetAttr(live_rows, interface[i]);
+            if (member == NULL) {
+                if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+                    PyErr_Clear();
+                    PyErr_Format(PyExc_TypeError, "live_rows has no %U (see live.LiveRowGate)", interface[i]);
+                }
+                return -1;
+            }
+            Py_DECREF(member);
         }
-        return -1;
     }
-    h->markers = markers;
-    h->execution_id_keys = id_keys;
-    if ((h->marker_list = PySequence_Tuple(markers)) == NULL) {
-        return -1;
-    }
-    if (key_text(keys, "step_prefix", &h->step_prefix) < 0 ||
-        key_text(keys, "execution_name", &h->execution_name) < 0 ||
-        key_text(keys, "workflow_id", &h->workflow_id_key) < 0 ||
-        key_text(keys, "execution_id", &h->execution_id_key) < 0 ||
-        key_text(keys, "step_name", &h->step_name_key) < 0 ||
-        key_text(keys, "task_run_id", &h->task_run_id_key) < 0 ||
-        key_text(keys, "task_name", &h->task_name_key) < 0 || key_text(keys, "run_id", &h->run_id_key) < 0 ||
-        key_text(keys, "step_parent_id", &h->step_parent_key) < 0 ||
-        key_text(keys, "step_sequence", &h->step_sequence_key) < 0) {
-        return -1;
-    }
-    h->roles = (RoleKeys){h->step_prefix,
-                          {h->step_name_key, h->task_run_id_key, h->task_name_key},
-                          h->execution_name,
-                          h->run_id_key};
     return 0;
 }
 

@@ -15,13 +15,13 @@ class Hooks:
         bounded_type: type,
         span_key: str,
         current_context: ContextVar[Any] | None,
-        keys: Mapping[str, Any],
+        rules: Mapping[str, object],
         fallback: Any,
         number_step: Callable[[str], int],
         forget: Callable[[str], None],
         live_rows: Any,
         recognised_parent: Callable[[Any], tuple[str | None, Any, bool] | None],
-        failed: Callable[[str, BaseException | None], None],
+        on_failure: Callable[[str, BaseException | None], None],
     ) -> None: ...
     def on_start(self, span: Any, parent_context: Any = None) -> None: ...
     def on_end(self, span: Any) -> None: ...

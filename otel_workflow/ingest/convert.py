@@ -10,7 +10,10 @@ characters.
 The conversion runs in C (`_native/spanrows.c`, built at install where a compiler is found)
 and in Python (`SpanConverter._python_batch`), which is the reference: both give the
 same rows (tests/test_native_rows.py), and whatever the C code does not read (a span
-class of another shape, an odd value) it hands to the Python loop.
+class of another shape, an odd value) it hands to the Python loop. The rows have the
+columns of `ingest.columns`, in its order (the C module's are checked against them when
+it is configured, at import), and the workflow columns follow `model.conventions`
+(which the C module is given, through `_native.rules`).
 """
 
 from __future__ import annotations
@@ -31,93 +34,24 @@ from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
+from otel_workflow._native.rules import RECOGNITION
+from otel_workflow.ingest.columns import (
+    EVENTS_SCHEMA,
+    LINKS_SCHEMA,
+    RUNNING_COLUMNS,
+    SPAN_EVENTS,
+    SPAN_LINKS,
+    SPANS,
+    SPANS_SCHEMA,
+)
 from otel_workflow.model import conventions as cv
+from otel_workflow.model.conventions import workflow_status
 from otel_workflow.model.utf8 import utf8
 
 try:
     from otel_workflow._native import spanrows as _spanrows
 except ImportError:  # installed where no C compiler was found: the Python loop does the same work
     _spanrows = None  # type: ignore[assignment]
-
-_TS = pa.timestamp("us", tz="UTC")
-
-_SPANS_FIELDS: list[pa.Field[Any]] = [
-    pa.field("trace_id", pa.string()),
-    pa.field("span_id", pa.string()),
-    pa.field("parent_span_id", pa.string()),
-    pa.field("name", pa.string()),
-    pa.field("kind", pa.string()),
-    pa.field("start_time", _TS),
-    pa.field("end_time", _TS),
-    pa.field("duration_ms", pa.float64()),
-    pa.field("status_code", pa.string()),
-    pa.field("status_message", pa.string()),
-    pa.field("service_name", pa.string()),
-    pa.field("resource_attributes", pa.string()),
-    pa.field("scope_name", pa.string()),
-    pa.field("scope_version", pa.string()),
-    pa.field("attributes", pa.string()),
-    pa.field("dropped_attributes", pa.int32()),
-    pa.field("dropped_events", pa.int32()),
-    pa.field("dropped_links", pa.int32()),
-    pa.field("workflow_role", pa.string()),
-    pa.field("execution_id", pa.string()),
-    pa.field("workflow_id", pa.string()),
-    pa.field("step_name", pa.string()),
-    pa.field("step_type", pa.string()),
-    pa.field("step_sequence", pa.int64()),
-    pa.field("parent_step_id", pa.string()),
-    pa.field("workflow_status", pa.string()),
-    pa.field("error_message", pa.string()),
-    pa.field("trigger_type", pa.string()),
-    pa.field("triggered_by", pa.string()),
-    pa.field("config_version", pa.string()),
-    pa.field("capture_io", pa.bool_()),
-    pa.field("input_data", pa.string()),
-    pa.field("output_data", pa.string()),
-]
-SPANS_SCHEMA = pa.schema(_SPANS_FIELDS)
-
-_EVENTS_FIELDS: list[pa.Field[Any]] = [
-    pa.field("trace_id", pa.string()),
-    pa.field("span_id", pa.string()),
-    pa.field("event_index", pa.int32()),
-    pa.field("name", pa.string()),
-    pa.field("timestamp", _TS),
-    pa.field("attributes", pa.string()),
-]
-EVENTS_SCHEMA = pa.schema(_EVENTS_FIELDS)
-
-_LINKS_FIELDS: list[pa.Field[Any]] = [
-    pa.field("trace_id", pa.string()),
-    pa.field("span_id", pa.string()),
-    pa.field("link_index", pa.int32()),
-    pa.field("linked_trace_id", pa.string()),
-    pa.field("linked_span_id", pa.string()),
-    pa.field("attributes", pa.string()),
-]
-LINKS_SCHEMA = pa.schema(_LINKS_FIELDS)
-
-# A live row has the columns of `spans` that are known when a span starts (then who wrote it, added in SQL).
-RUNNING_COLUMNS: Final = (
-    "trace_id",
-    "span_id",
-    "parent_span_id",
-    "name",
-    "start_time",
-    "service_name",
-    "workflow_role",
-    "execution_id",
-    "workflow_id",
-    "step_name",
-    "step_type",
-    "step_sequence",
-    "parent_step_id",
-    "trigger_type",
-    "triggered_by",
-    "config_version",
-    "capture_io",
-)
 
 _WARM_UP_SCHEMA = pa.schema([pa.field("text", pa.string())])
 
@@ -234,15 +168,6 @@ def _error_message(span: ReadableSpan) -> str | None:
             message = event.attributes.get("exception.message", "")
             return utf8(f"{kind}: {message}" if kind and message else str(kind or message)) or None
     return None
-
-
-def _workflow_status(declared: str | None, failed: bool) -> str:
-    # Compensation is the outcome even of a step that failed; a step that failed after skip() failed.
-    if declared == "compensated":
-        return declared
-    if failed:
-        return "failed"
-    return "skipped" if declared == "skipped" else "completed"
 
 
 @dataclass(slots=True)
@@ -415,7 +340,7 @@ class SpanConverter:
             scope = span.instrumentation_scope
             found = cv.recognise(name, attributes)
             role = found.role
-            failed = status_code is StatusCode.ERROR or found.declared_status == "failed"
+            failed = status_code is StatusCode.ERROR or found.declared_status == cv.STATUS_FAILED
             input_data = output_data = None
             # Without the public properties' copies (they copy twice, under a lock) where we know the class.
             sdk_span = type(span) in _SDK_SPAN_TYPES
@@ -480,7 +405,7 @@ class SpanConverter:
                     found.step_type,
                     found.step_sequence,
                     found.parent_step_id,
-                    None if role is None else _workflow_status(found.declared_status, failed),
+                    None if role is None else workflow_status(found.declared_status, failed),
                     _error_message(span) if failed else None,
                     found.trigger_type,
                     found.triggered_by,
@@ -497,7 +422,7 @@ class SpanConverter:
         )
 
 
-_IO_EVENTS: Final = frozenset((cv.IO_INPUT_EVENT, cv.EXECUTION_INPUT_EVENT, cv.IO_OUTPUT_EVENT))
+_IO_EVENTS: Final = cv.IO_EVENTS
 
 
 # Classes whose `events`/`links` are known to be copies of `_events`/`_links` (a subclass may differ).
@@ -584,55 +509,65 @@ def _native_made(
         return ConvertedSpans(rows, (spans_array, events_array, links_array), None, (event_rows, link_rows))
 
 
-def _configure_native() -> None:
+class ColumnMismatch(RuntimeError):
+    """The C converter builds other columns than `ingest.columns` names (a stale build)."""
+
+
+def native_columns_mismatch(built: Sequence[Sequence[tuple[str, str]]]) -> str | None:
+    """What differs between the columns the C converter builds (`spanrows.columns()`) and those of
+    `ingest.columns`, or None if they agree: name and Arrow type of each, in order."""
+    problems = []
+    for table, columns in zip((SPANS, SPAN_EVENTS, SPAN_LINKS), built, strict=True):
+        expected = [(column.name, str(column.arrow_type)) for column in table.columns]
+        found = [tuple(column) for column in columns]
+        for index in range(max(len(found), len(expected))):
+            ours = found[index] if index < len(found) else None
+            theirs = expected[index] if index < len(expected) else None
+            if ours != theirs:
+                problems.append(
+                    f"{table.name} column {index + 1}: C builds {ours}, ingest/columns.py has {theirs}"
+                )
+                break
+    return "; ".join(problems) or None
+
+
+def native_settings() -> dict[str, Any]:
+    """What the C converter is configured with besides the rules: the SDK's classes and constants,
+    and the Python helpers it hands odd values to."""
+    return {
+        "status_error": StatusCode.ERROR,
+        "status_names": _STATUS_NAMES,
+        "kind_names": _KIND_NAMES,
+        "bounded_list": BoundedList,
+        "bounded_attributes": BoundedAttributes,
+        "sdk_span_types": _SDK_SPAN_TYPES,
+        "status_type": Status,
+        "event_type": Event,
+        "link_type": Link,
+        "orjson_dumps": orjson.dumps,
+        "attributes_json": attributes_json,
+        "utf8": utf8,
+        "io_payload": _io_payload,
+        "error_message": _error_message,
+        "sequence": cv.step_sequence,
+        "declared_result": cv.declared_result,
+        "scope_type": InstrumentationScope,
+    }
+
+
+def configure_native() -> None:
+    """Check the C converter's columns against `ingest.columns` and configure it (once, at import)."""
     if _spanrows is None:
         return
+    mismatch = native_columns_mismatch(_spanrows.columns())
+    if mismatch is not None:
+        raise ColumnMismatch(
+            f"otel_workflow._native.spanrows does not match ingest/columns.py ({mismatch}): "
+            "rebuild it (pip install -e .)"
+        )
     _admit(ReadableSpan)
     _admit(Span)
-    _spanrows.configure(
-        {
-            "status_error": StatusCode.ERROR,
-            "status_names": _STATUS_NAMES,
-            "kind_names": _KIND_NAMES,
-            "bounded_list": BoundedList,
-            "bounded_attributes": BoundedAttributes,
-            "sdk_span_types": _SDK_SPAN_TYPES,
-            "status_type": Status,
-            "event_type": Event,
-            "link_type": Link,
-            "orjson_dumps": orjson.dumps,
-            "attributes_json": attributes_json,
-            "utf8": utf8,
-            "io_payload": _io_payload,
-            "error_message": _error_message,
-            "sequence": cv.step_sequence,
-            "declared_result": cv.declared_result,
-            "scope_type": InstrumentationScope,
-            "io_events": _IO_EVENTS,
-            "io_output_event": cv.IO_OUTPUT_EVENT,
-            "step_prefix": cv.STEP_SPAN_PREFIX,
-            "execution_name": cv.EXECUTION_SPAN_NAME,
-            "role_step": cv.ROLE_STEP,
-            "role_execution": cv.ROLE_EXECUTION,
-            "step_name": cv.STEP_NAME,
-            "cicd_task_run_id": cv.CICD_TASK_RUN_ID,
-            "cicd_task_name": cv.CICD_TASK_NAME,
-            "cicd_run_id": cv.CICD_RUN_ID,
-            "cicd_result": cv.CICD_RESULT,
-            "cicd_task_result": cv.CICD_TASK_RESULT,
-            "capture_io": cv.CAPTURE_IO,
-            "execution_id_keys": cv.EXECUTION_ID_KEYS,
-            "workflow_id_keys": cv.WORKFLOW_ID_KEYS,
-            "trigger_type_keys": cv.TRIGGER_TYPE_KEYS,
-            "triggered_by_keys": cv.TRIGGERED_BY_KEYS,
-            "config_version_keys": cv.CONFIG_VERSION_KEYS,
-            "step_name_keys": cv.STEP_NAME_KEYS,
-            "step_status_keys": cv.STEP_STATUS_KEYS,
-            "step_type_keys": cv.STEP_TYPE_KEYS,
-            "step_sequence_keys": cv.STEP_SEQUENCE_KEYS,
-            "step_parent_keys": cv.STEP_PARENT_KEYS,
-        }
-    )
+    _spanrows.configure(native_settings(), RECOGNITION)
 
 
 def prepare_conversion() -> None:
@@ -683,4 +618,4 @@ def running_rows(spans: pa.Table) -> pa.Table | None:
     return live if live.num_rows else None
 
 
-_configure_native()
+configure_native()

@@ -1,30 +1,13 @@
 """The background writer: one thread that takes queued work and hands it to the database in batches.
 
 Producers only append to a bounded in-memory queue and return; they never wait
-for I/O. The processor's `on_start` appends a weak reference to the span; the
-exporter's `export` hands finished spans to a converter thread, which turns
-them into Arrow rows at once, so that the queue holds no span objects. What does not
-fit is dropped and counted; the count is logged once per interval, never once
-per span, and is also an OpenTelemetry metric (`otel_workflow.spans.dropped`).
-
-Overload policy, so that executions are dropped whole rather than stored
-without some of their steps:
-
-- Below the soft limit (`max_queued` less a fifth of it, the headroom) everything is accepted.
-- Above it, a finished span is accepted only if its execution already has
-  spans accepted (it then may use the headroom, up to `max_queued`). The
-  first finished span of an execution that arrives above the soft limit is
-  dropped, and so are all later spans of that execution, even once the queue
-  has room again: the execution is dropped whole. Spans outside any execution
-  do not use the headroom.
-- Only if the headroom runs out too is an execution left incomplete; its
-  later spans (its execution span included) are then dropped as well, so no
-  execution row is stored that lacks steps which were exported with it.
-- Live `running` rows are the first thing given up: none are taken above the
-  soft limit, and queued ones are thrown out to make room for finished spans.
-  They only show progress; the finished span replaces them. The live rows of
-  executions that were dropped are deleted in the next write, so nothing shows
-  them as running forever.
+for I/O. The processor's `on_start` leaves a weak reference to the span at the
+live-row gate (`ingest.live`); the exporter's `export` hands finished spans to a
+converter thread, which turns them into Arrow rows at once (through the sink), so
+that the queue holds no span objects. What a full queue takes is the overload
+policy of `ingest.admission`, which keeps executions whole; what does not fit is
+dropped and counted (`ingest.drops`: logged once per interval, never once per
+span, and an OpenTelemetry metric).
 
 A write that finds the database file held by another process is retried
 with back-off, keeping its items (still within the bound). Any other failed
@@ -40,6 +23,8 @@ finalises would take the process down with it.
 
 After `fork()`, the child starts with an empty queue and a thread of its own;
 it never touches the parent's state.
+
+The sink is the writer's only way to the database (`ingest.sink.BatchSink`); it never calls back.
 """
 
 from __future__ import annotations
@@ -50,168 +35,22 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Final
 
-from opentelemetry import metrics
 from opentelemetry.sdk.trace import ReadableSpan
 
+from otel_workflow.ingest.admission import TRACKED_EXECUTIONS, Admission, Admitted
 from otel_workflow.ingest.convert import span_owners
+from otel_workflow.ingest.drops import REJECTED, SHUTDOWN, WRITE_FAILED, DropReporter, one_line
+from otel_workflow.ingest.live import LiveRowGate
+from otel_workflow.ingest.sink import Abandoned, BatchSink, FinishedSpans, RetryLater
 
 logger = logging.getLogger("otel_workflow")
 
-# Why spans were dropped: the `otel_workflow.reason` attribute of the metric, and the log's wording.
-QUEUE_FULL: Final = "queue_full"
-WRITE_FAILED: Final = "write_failed"
-SHUTDOWN: Final = "shutdown"
-REJECTED: Final = "rejected"
-REASONS: Final = (QUEUE_FULL, WRITE_FAILED, SHUTDOWN, REJECTED)
-_REASON_TEXT: Final = {
-    QUEUE_FULL: "because the write queue was full",
-    WRITE_FAILED: "because the database write failed",
-    SHUTDOWN: "at shutdown",
-    REJECTED: "because they were malformed",
-}
-
-DROPPED_METRIC: Final = "otel_workflow.spans.dropped"
-
-# How many executions the admission policy remembers (those with spans accepted, and those dropped).
-_TRACKED_EXECUTIONS: Final = 100_000
-
 # How long close() waits past its timeout for the writer thread to give up by itself and leave DuckDB.
 _CLOSE_GRACE_S: Final = 0.5
-
-
-class RetryLater(Exception):
-    """The write could not happen now (file locked by another process) and may succeed later."""
-
-
-class Abandoned(Exception):
-    """`close()` gave up on this batch (its timeout passed): it must not be committed any more."""
-
-
-class FinishedSpans(Protocol):
-    """Finished spans as the sink converted them for the queue (the span objects are not kept)."""
-
-    @property
-    def count(self) -> int:
-        """How many spans."""
-
-    def owners(self) -> list[tuple[str | None, bool]]:
-        """`rows.owner_of` each span: its execution, and whether it is that execution's own span."""
-
-
-class BatchSink(Protocol):
-    def convert(self, spans: Sequence[ReadableSpan]) -> tuple[Sequence[FinishedSpans], int]:
-        """The spans made into what `write` takes (`FinishedSpans`), and how many were rejected as
-        malformed (left out). Called on the submitting thread, outside the writer's lock; never raises."""
-
-    def write(
-        self,
-        finished: Sequence[Any],
-        running: Sequence[weakref.ref[ReadableSpan]],
-        *,
-        final: bool,
-        forget: Sequence[str],
-        commit: Callable[[Callable[[], object]], None],
-    ) -> int:
-        """Store one batch (`convert`'s parts) in one transaction; return how many spans were rejected.
-
-        `forget` names executions that were dropped: their live rows are to be deleted. The
-        transaction's COMMIT must go through `commit(action)`, which raises `Abandoned` instead
-        once `close()` has given up on the batch (and counted it as dropped).
-        Raise RetryLater to keep the batch for another try.
-        """
-
-    def release(self) -> None:
-        """Let go of what the sink kept between batches (the writer thread calls it as it stops)."""
-
-    def idle(self, seconds: float) -> bool:
-        """Nothing was written for `seconds`: let go of what the sink keeps between batches if that is
-        long enough or someone else needs it. True while it still keeps something: the writer then
-        asks again every `IDLE_POLL_S` while it has nothing to write."""
-
-
-class DropReporter:
-    """Counts dropped spans by reason and logs them at most once per interval."""
-
-    def __init__(self, interval_s: float = 60.0) -> None:
-        self._interval_s = interval_s
-        self.reset()
-
-    def reset(self) -> None:
-        """A fresh count (a new lock too: also what a forked child starts with)."""
-        self._lock = threading.Lock()
-        self.total = 0
-        self.by_reason: dict[str, int] = dict.fromkeys(REASONS, 0)
-        self.live_rows = 0
-        self._unreported = 0
-        self._pending: dict[str, list[Any]] = {}
-        self._whole = 0
-        self._incomplete = 0
-        self._live_unreported = 0
-        self._last_report = -float("inf")
-
-    def add(
-        self,
-        count: int,
-        reason: str,
-        detail: str | None = None,
-        *,
-        whole: int = 0,
-        incomplete: int = 0,
-    ) -> None:
-        """`count` finished spans dropped; `whole`, `incomplete`: executions dropped whole / incomplete."""
-        if count <= 0:
-            return
-        with self._lock:
-            self.total += count
-            self.by_reason[reason] = self.by_reason.get(reason, 0) + count
-            self._unreported += count
-            self._whole += whole
-            self._incomplete += incomplete
-            entry = self._pending.setdefault(reason, [0, detail])
-            entry[0] += count
-            if entry[1] is None:
-                entry[1] = detail
-        self.report_due()
-
-    def add_live_rows(self, count: int) -> None:
-        """Live `running` rows not written (they only show progress; nothing is lost with them)."""
-        with self._lock:
-            self.live_rows += count
-            self._live_unreported += count
-
-    def report_due(self, force: bool = False) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if not self._unreported:
-                return
-            if not force and now - self._last_report < self._interval_s:
-                return
-            count, pending, total = self._unreported, self._pending, self.total
-            whole, incomplete, live = self._whole, self._incomplete, self._live_unreported
-            self._unreported, self._pending, self._last_report = 0, {}, now
-            self._whole = self._incomplete = self._live_unreported = 0
-        parts = []
-        for reason, (n, detail) in pending.items():
-            text = f"{n} {_REASON_TEXT.get(reason, reason)}"
-            if reason == QUEUE_FULL and (whole or incomplete):
-                text += f" ({whole} execution(s) dropped whole, {incomplete} left incomplete)"
-            if detail:
-                text += f" ({detail})"
-            parts.append(text)
-        if live:
-            parts.append(f"and {live} live 'running' row(s) not written")
-        logger.warning(
-            "otel-workflow dropped %d span(s): %s; %d dropped since start. "
-            "Further drops are reported at most every %gs.",
-            count,
-            "; ".join(parts),
-            total,
-            self._interval_s,
-        )
 
 
 @dataclass(slots=True)
@@ -244,24 +83,6 @@ class _Queue:
         return _Queue(self.finished + later.finished, self.running + later.running, self.spans + later.spans)
 
 
-@dataclass(slots=True)
-class _Admitted:
-    """What the overload policy dropped of one submission, and why."""
-
-    dropped: int
-    whole: int = 0
-    incomplete: int = 0
-    reason: str = QUEUE_FULL
-    detail: str | None = None
-
-
-def _remember(keys: dict[str, None], key: str) -> None:
-    if key not in keys:
-        keys[key] = None
-        if len(keys) > _TRACKED_EXECUTIONS:
-            del keys[next(iter(keys))]
-
-
 # How often an idle writer asks its sink whether to let go of what it keeps (a file others wait for).
 IDLE_POLL_S: Final = 0.05
 
@@ -271,47 +92,6 @@ class _Idle:
 
 
 _IDLE: Final = _Idle()
-
-
-class LiveRowGate:
-    """Where a span that starts waits for the writer to build its live row.
-
-    Checked and appended to on the application thread, for every execution and step that starts,
-    without a lock: while `open`, a weak reference to a span whose execution is not in `refused` goes
-    into `spans` when fewer than `limit` wait there (the room the write queue had left when the writer
-    last looked), and `wake()` is called for the first one; any other span is counted by `dropped()`.
-    The processor's C hooks do exactly what `submit` does, reading these fields, so that no Python
-    code runs per span.
-    `spans` is appended to (list.append is atomic) and taken from in place, never replaced while
-    threads run: a list swapped for a new one could get an append from a thread that read it before
-    the swap, where nobody looks again.
-
-    Weak references: a span that ends before the writer looks needs no live row (its finished row is
-    coming), and kept alive until then (up to a write cycle) it made every garbage collection of the
-    application walk it, long after the exporter let go of it.
-    """
-
-    __slots__ = ("dropped", "limit", "open", "refused", "spans", "wake")
-
-    def __init__(self, wake: Callable[[], None], dropped: Callable[[], None]) -> None:
-        self.wake = wake
-        self.dropped = dropped
-        self.open = True
-        self.limit = 0
-        self.spans: list[weakref.ref[ReadableSpan]] = []
-        self.refused: dict[str, None] = {}
-
-    def submit(self, span: ReadableSpan, execution_id: str | None) -> bool:
-        """Queue `span` for its live row; False if it was not (counted)."""
-        spans = self.spans
-        refused = execution_id is not None and execution_id in self.refused
-        if self.open and len(spans) < self.limit and not refused:
-            spans.append(weakref.ref(span))
-            if len(spans) == 1:
-                self.wake()
-            return True
-        self.dropped()
-        return False
 
 
 class BackgroundWriter:
@@ -330,19 +110,17 @@ class BackgroundWriter:
         shutdown_timeout_s: float = 10.0,
     ) -> None:
         self._sink = sink
-        self._max_queued = max(1, max_queued)
-        self._soft_limit = self._max_queued - max(1, self._max_queued // 5)
+        self._admission = Admission(max_queued)
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
         self._name = name
-        self.label = label
         self.shutdown_timeout_s = shutdown_timeout_s
-        self.drops = DropReporter(drop_log_interval_s)
-        # One gate for the writer's lifetime (the processor keeps it); `_init_state` resets its fields.
-        self.live_rows = LiveRowGate(self._wake_for_live_rows, lambda: self.drops.add_live_rows(1))
+        # `label` names the database in the drop metric.
+        self.drops = DropReporter(drop_log_interval_s, label=label)
+        # One gate for the writer's lifetime (the processor keeps it); `_init_state` restarts it.
+        self.live_rows = LiveRowGate(self._wake_for_live_rows, self.drops.add_live_rows)
         self._init_state()
         _WRITERS.add(self)
-        register_drop_metric()
         # Same approach as the SDK's BatchProcessor: reset in the child, never inherit the parent's thread.
         self_ref = weakref.ref(self)
 
@@ -387,19 +165,16 @@ class BackgroundWriter:
         self._thread: threading.Thread | None = None
         self._close_deadline: float | None = None
         self._shutdown_deadline: float | None = None
-        # Executions with spans accepted whose execution span has not come yet, and executions dropped.
-        self._partial: dict[str, None] = {}
-        self._refused: dict[str, None] = {}
+        self._admission.reset()
         # Dropped executions whose live rows the next write deletes.
         self._forget: list[str] = []
         # Spans that started, for live rows: the application threads never wait for the condition's lock
         # (held by a BatchSpanProcessor's submit of 512 spans, or by the writer) to queue one.
-        gate = self.live_rows
-        gate.spans, gate.refused, gate.limit, gate.open = [], self._refused, self._soft_limit, True
+        self.live_rows.restart(self._admission.refused, self._admission.soft_limit)
 
     @property
     def max_queued(self) -> int:
-        return self._max_queued
+        return self._admission.max_queued
 
     @property
     def queued(self) -> int:
@@ -408,7 +183,7 @@ class BackgroundWriter:
             return self._size()
 
     def _size(self) -> int:
-        return self._queued_here() + len(self.live_rows.spans) + self._converting
+        return self._queued_here() + self.live_rows.waiting() + self._converting
 
     def _queued_here(self) -> int:
         """Items in the queue and in the cycle being written (not the started spans at the gate)."""
@@ -417,17 +192,15 @@ class BackgroundWriter:
 
     def _collect_started(self) -> None:
         """With the condition's lock held: move the started spans into the queue (counted as submitted)."""
-        gate = self.live_rows
-        started = gate.spans[:]
+        started = self.live_rows.take()  # what is appended meanwhile stays for the next time
         if started:
-            del gate.spans[: len(started)]  # what was appended since stays for the next time
             self._queue.running.extend(started)
             self._submitted += len(started)
         self._set_live_room()
 
     def _set_live_room(self) -> None:
         """With the lock held: how many started spans may wait at the gate (the soft limit's rest)."""
-        self.live_rows.limit = self._soft_limit - self._queued_here() - self._converting
+        self.live_rows.set_limit(self._admission.soft_limit - self._queued_here() - self._converting)
 
     # -- producers ---------------------------------------------------------------------------------
 
@@ -442,23 +215,19 @@ class BackgroundWriter:
         with self._condition:
             self._collect_started()
             if self._closed or self._closing:
-                admitted = _Admitted(len(spans), reason=SHUTDOWN, detail="submitted after shutdown")
+                admitted = Admitted(len(spans), reason=SHUTDOWN, detail="submitted after shutdown")
             else:
                 size = self._size()
-                if size + len(spans) > self._soft_limit and self._queue.running:
+                if self._admission.evicts_live_rows(size, len(spans)) and self._queue.running:
                     # Live rows go first: they only show progress, finished spans are the record.
                     evicted = len(self._queue.running)
                     self._queue.running = []
                     self._completed += evicted
                     size -= evicted
                     self._condition.notify_all()
-                if not self._refused and size + len(spans) <= self._soft_limit:
-                    # The usual case, room for all and no execution refused: only the bookkeeping.
-                    accepted = list(spans)
-                    self._note_open(owners)
-                    admitted = _Admitted(0)
-                else:
-                    admitted = self._admit_each(spans, owners, size, accepted)
+                admitted = self._admission.admit(spans, owners, size, accepted)
+                if admitted.forget:
+                    self._forget.extend(admitted.forget)
                 if accepted:
                     self._converting += len(accepted)
                     self._convert_handed += len(accepted)
@@ -480,56 +249,6 @@ class BackgroundWriter:
         # No thread could start (interpreter exit): converted here.
         converted = self._queue_converted(accepted) if accepted else True
         return converted and admitted.dropped == 0
-
-    def _note_open(self, owners: list[tuple[str | None, bool]]) -> None:
-        """With the lock held: note which executions have spans accepted before their own span."""
-        partial = self._partial
-        for execution_id, ends in owners:
-            if execution_id is None:
-                continue
-            if ends:
-                partial.pop(execution_id, None)
-            elif execution_id not in partial:
-                _remember(partial, execution_id)
-
-    def _admit_each(
-        self,
-        spans: Sequence[ReadableSpan],
-        owners: list[tuple[str | None, bool]],
-        size: int,
-        accepted: list[ReadableSpan],
-    ) -> _Admitted:
-        """With the lock held: the overload policy (module docstring), span by span."""
-        admitted = _Admitted(0)
-        partial, refused, soft, hard = self._partial, self._refused, self._soft_limit, self._max_queued
-        for span, (execution_id, ends) in zip(spans, owners, strict=True):
-            if execution_id is None:
-                ok = size < soft
-            elif execution_id in refused:
-                ok = False
-                if ends:
-                    del refused[execution_id]
-            elif size < soft or (size < hard and execution_id in partial):
-                ok = True
-                if ends:
-                    partial.pop(execution_id, None)
-                else:
-                    _remember(partial, execution_id)
-            else:
-                ok = False
-                if partial.pop(execution_id, 0) is None:
-                    admitted.incomplete += 1
-                else:
-                    admitted.whole += 1
-                if not ends:
-                    _remember(refused, execution_id)
-                self._forget.append(execution_id)
-            if ok:
-                accepted.append(span)
-                size += 1
-            else:
-                admitted.dropped += 1
-        return admitted
 
     def _start_converter(self) -> bool:
         """With the lock held: start the converter thread; False if no thread can start."""
@@ -661,7 +380,7 @@ class BackgroundWriter:
             if self._closed:
                 return True
             self._closing = True
-            self.live_rows.open = False
+            self.live_rows.close()
             self._close_deadline = None if timeout_s is None else time.monotonic() + max(0.0, timeout_s)
             self._condition.notify_all()
             # Nothing queued yet, or parked at exit: the final write (live rows marked interrupted) still
@@ -740,7 +459,7 @@ class BackgroundWriter:
                     return None
                 # Closing: the final write waits for spans being converted (they come with a notify).
                 closing = self._closing and not self._converting
-                if self._queue or self.live_rows.spans or closing or self._flush_wanted or self._forget:
+                if self._queue or self.live_rows.waiting() or closing or self._flush_wanted or self._forget:
                     break
                 if not self._sink_keeps:
                     self._condition.wait()
@@ -765,7 +484,7 @@ class BackgroundWriter:
             batch, self._queue = self._queue.split(self._batch_size)
             if not self._queue:
                 self._flush_wanted = False
-            forget, self._forget = list(dict.fromkeys(self._forget[-_TRACKED_EXECUTIONS:])), []
+            forget, self._forget = list(dict.fromkeys(self._forget[-TRACKED_EXECUTIONS:])), []
             self._in_flight, self._in_flight_committed = batch, False
             return batch, forget, self._closing
 
@@ -820,7 +539,7 @@ class BackgroundWriter:
                         return
                     self._failed(batch.finished, forget)
                 # Counted (and logged) before flush() can return: whoever waits sees the drop.
-                self.drops.add(batch.spans, WRITE_FAILED, _one_line(exc))
+                self.drops.add(batch.spans, WRITE_FAILED, one_line(exc))
                 self.drops.add_live_rows(len(batch.running))
                 with self._condition:
                     self._done(batch)
@@ -889,15 +608,8 @@ class BackgroundWriter:
 
     def _failed(self, finished: list[FinishedSpans], forget: list[str]) -> None:
         """With the lock held: a batch was lost; the rest of its executions is dropped too (kept whole)."""
-        self._forget = forget + self._forget
-        owners = {owner for part in finished for owner in _owners(part)}
-        for execution_id, ends in owners:
-            if execution_id is None:
-                continue
-            self._partial.pop(execution_id, None)
-            if not ends:
-                _remember(self._refused, execution_id)
-            self._forget.append(execution_id)
+        lost = self._admission.lost(owner for part in finished for owner in _owners(part))
+        self._forget = forget + self._forget + lost
 
 
 def _owners(part: FinishedSpans) -> list[tuple[str | None, bool]]:
@@ -908,48 +620,9 @@ def _owners(part: FinishedSpans) -> list[tuple[str | None, bool]]:
         return []
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:300]}"
-
-
-# -- the drop metric -----------------------------------------------------------------------------
+# -- interpreter exit ----------------------------------------------------------------------------
 
 _WRITERS: weakref.WeakSet[BackgroundWriter] = weakref.WeakSet()
-_METRIC_LOCK = threading.Lock()
-_METRIC_PROVIDERS: list[Any] = []  # meter providers the counter is registered with (None: the global one)
-
-
-def _observe(_options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
-    totals: dict[tuple[str, str], int] = {}
-    for writer in list(_WRITERS):
-        for reason, count in list(writer.drops.by_reason.items()):
-            key = (writer.label, reason)
-            totals[key] = totals.get(key, 0) + count
-    for (database, reason), count in totals.items():
-        yield metrics.Observation(count, {"otel_workflow.database": database, "otel_workflow.reason": reason})
-
-
-def register_drop_metric(meter_provider: metrics.MeterProvider | None = None) -> None:
-    """Report dropped spans as the observable counter `otel_workflow.spans.dropped`.
-
-    Done automatically with the global meter provider (so it appears once
-    OpenTelemetry metrics are configured, before or after the store is made);
-    call it with a provider to report to that one. Idempotent per provider.
-    """
-    with _METRIC_LOCK:
-        if any(known is meter_provider for known in _METRIC_PROVIDERS):
-            return
-        _METRIC_PROVIDERS.append(meter_provider)
-        from otel_workflow._version import __version__  # noqa: PLC0415 - avoids an import cycle at start
-
-        meter = metrics.get_meter("otel_workflow", __version__, meter_provider=meter_provider)
-        meter.create_observable_counter(
-            DROPPED_METRIC,
-            callbacks=[_observe],
-            unit="{span}",
-            description="Finished spans otel-workflow could not store, by database and reason",
-        )
 
 
 def _park_all_at_exit() -> None:

@@ -6,6 +6,11 @@ systems are recognised too: the Go engine's own keys (`execution.id`,
 (`cicd.pipeline.run.id`, `cicd.pipeline.task.run.id`, ...). Recognition reads
 only a span's name and final attributes, so it gives the same answer in the
 processor, the exporter and a rebuild from stored spans.
+
+This module is the one place the rules are written. The C modules (`_native/spanrows.c`,
+`_native/spanstart.c`) spell no key: they are given these constants at configure time
+(`_native/rules.py`), and tests/test_native_conventions.py runs both over spans carrying each key
+defined here.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ IO_INPUT_EVENT: Final = "workflow.step.input"
 EXECUTION_INPUT_EVENT: Final = "workflow.execution.input"
 IO_OUTPUT_EVENT: Final = "workflow.step.output"
 IO_JSON: Final = "workflow.io.json"
+# The events whose `IO_JSON` is a span's input or output (the output one gives `output_data`).
+IO_EVENTS: Final = frozenset((IO_INPUT_EVENT, EXECUTION_INPUT_EVENT, IO_OUTPUT_EVENT))
 
 # Keys of the Go workflow engine's own spans.
 GO_EXECUTION_ID: Final = "execution.id"
@@ -57,14 +64,26 @@ EXECUTION_ID_KEYS: Final = (EXECUTION_ID, GO_EXECUTION_ID, CICD_RUN_ID)
 ROLE_EXECUTION: Final = "execution"
 ROLE_STEP: Final = "step"
 
+# The role rules (`role_of`): a span is a step if its name starts with STEP_SPAN_PREFIX or it has any
+# of STEP_ROLE_KEYS; otherwise an execution if it is named EXECUTION_SPAN_NAME or has any of
+# EXECUTION_ROLE_KEYS.
+STEP_ROLE_KEYS: Final = (STEP_NAME, CICD_TASK_RUN_ID, CICD_TASK_NAME)
+EXECUTION_ROLE_KEYS: Final = (CICD_RUN_ID,)
+
+# The outcome of an ended execution or step (`workflow_status`), as stored.
+STATUS_COMPLETED: Final = "completed"
+STATUS_FAILED: Final = "failed"
+STATUS_SKIPPED: Final = "skipped"
+STATUS_COMPENSATED: Final = "compensated"
+
 # CI/CD result values (semconv `cicd.pipeline.result`) mapped to our statuses.
 _CICD_RESULTS: Final = {
-    "success": "completed",
-    "failure": "failed",
-    "error": "failed",
-    "timeout": "failed",
-    "cancellation": "failed",
-    "skip": "skipped",
+    "success": STATUS_COMPLETED,
+    "failure": STATUS_FAILED,
+    "error": STATUS_FAILED,
+    "timeout": STATUS_FAILED,
+    "cancellation": STATUS_FAILED,
+    "skip": STATUS_SKIPPED,
 }
 
 
@@ -78,12 +97,12 @@ def execution_id_of(attributes: Mapping[str, Any]) -> str | None:
 
 
 def is_step(name: str, attributes: Mapping[str, Any]) -> bool:
-    return (
-        name.startswith(STEP_SPAN_PREFIX)
-        or STEP_NAME in attributes
-        or CICD_TASK_RUN_ID in attributes
-        or CICD_TASK_NAME in attributes
-    )
+    if name.startswith(STEP_SPAN_PREFIX):
+        return True
+    for key in STEP_ROLE_KEYS:  # noqa: SIM110 - any() over a generator costs twice this
+        if key in attributes:
+            return True
+    return False
 
 
 def plainly_not_workflow(name: str, attributes: Mapping[str, Any]) -> bool:
@@ -99,8 +118,11 @@ def plainly_not_workflow(name: str, attributes: Mapping[str, Any]) -> bool:
 def role_of(name: str, attributes: Mapping[str, Any]) -> str | None:
     if is_step(name, attributes):
         return ROLE_STEP
-    if name == EXECUTION_SPAN_NAME or CICD_RUN_ID in attributes:
+    if name == EXECUTION_SPAN_NAME:
         return ROLE_EXECUTION
+    for key in EXECUTION_ROLE_KEYS:
+        if key in attributes:
+            return ROLE_EXECUTION
     return None
 
 
@@ -147,6 +169,17 @@ def step_sequence(value: Any) -> int | None:
 def declared_result(value: Any) -> str | None:
     """Our status for a CI/CD result value (`cicd.pipeline.result`, `...task.run.result`), if any."""
     return _CICD_RESULTS.get(str(value).lower()) if value else None
+
+
+def workflow_status(declared: str | None, failed: bool) -> str:
+    """The stored status of an ended execution or step: `declared` is `Recognised.declared_status`,
+    `failed` whether the span ended in error or declared a failure."""
+    # Compensation is the outcome even of a step that failed; a step that failed after skip() failed.
+    if declared == STATUS_COMPENSATED:
+        return declared
+    if failed:
+        return STATUS_FAILED
+    return STATUS_SKIPPED if declared == STATUS_SKIPPED else STATUS_COMPLETED
 
 
 _NOT_WORKFLOW: Final = Recognised(role=None, execution_id=None)
@@ -201,9 +234,7 @@ def _pick(get: Callable[[str], Any], keys: tuple[str, ...]) -> Any:
 
 
 # The keys that can give a span a role or an execution id (see `plainly_not_workflow`).
-WORKFLOW_MARKERS: Final = frozenset(
-    (*EXECUTION_ID_KEYS, STEP_NAME, CICD_TASK_RUN_ID, CICD_TASK_NAME, CICD_RUN_ID)
-)
+WORKFLOW_MARKERS: Final = frozenset((*EXECUTION_ID_KEYS, *STEP_ROLE_KEYS, *EXECUTION_ROLE_KEYS))
 WORKFLOW_ID_KEYS: Final = (WORKFLOW_ID, CICD_PIPELINE_NAME)
 TRIGGER_TYPE_KEYS: Final = (TRIGGER_TYPE,)
 TRIGGERED_BY_KEYS: Final = (TRIGGERED_BY,)

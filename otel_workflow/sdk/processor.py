@@ -27,8 +27,9 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace.propagation import _SPAN_KEY
 from opentelemetry.util.types import AttributeValue
 
+from otel_workflow._native.rules import RECOGNITION
 from otel_workflow.ingest.convert import hex_span_id, span_attributes
-from otel_workflow.ingest.writer import LiveRowGate
+from otel_workflow.ingest.live import LiveRowGate
 from otel_workflow.instrument import numbering
 from otel_workflow.model import conventions as cv
 from otel_workflow.storage.store import TraceStore
@@ -216,20 +217,6 @@ def _native_hooks(
     """The C hooks, sharing the Python ones' running-span map; None where the extension is not built."""
     if _spanstart is None:
         return None
-    keys = {
-        "markers": cv.WORKFLOW_MARKERS,
-        "execution_id_keys": cv.EXECUTION_ID_KEYS,
-        "step_prefix": cv.STEP_SPAN_PREFIX,
-        "execution_name": cv.EXECUTION_SPAN_NAME,
-        "workflow_id": cv.WORKFLOW_ID,
-        "execution_id": cv.EXECUTION_ID,
-        "step_name": cv.STEP_NAME,
-        "task_run_id": cv.CICD_TASK_RUN_ID,
-        "task_name": cv.CICD_TASK_NAME,
-        "run_id": cv.CICD_RUN_ID,
-        "step_parent_id": cv.STEP_PARENT_ID,
-        "step_sequence": cv.STEP_SEQUENCE,
-    }
     return _spanstart.Hooks(
         live=python._live,
         max_live=max_live,
@@ -238,11 +225,11 @@ def _native_hooks(
         bounded_type=BoundedAttributes,
         span_key=_SPAN_KEY,
         current_context=_current_context_var(),
-        keys=keys,
+        rules=RECOGNITION,
         fallback=python,
         number_step=numbering.next_number,
         forget=numbering.forget,
         live_rows=live_rows,
         recognised_parent=recognised_parent,
-        failed=python.failed,
+        on_failure=python.failed,
     )

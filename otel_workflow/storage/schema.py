@@ -1,8 +1,9 @@
 """The DuckDB schema: raw span tables, the live `running_spans` table, and the derived relations.
 
-Raw tables (`spans`, `span_events`, `span_links`) are the primary record; the
-workflow columns of `spans` are promoted at ingest by `conventions.recognise`
-from the span's own name and attributes. The derived relations of DESIGN.md are
+Raw tables (`spans`, `span_events`, `span_links`) are the primary record; they and
+`running_spans` are made from one column table (`ingest.columns`). The workflow
+columns of `spans` are promoted at ingest by `conventions.recognise` from the
+span's own name and attributes. The derived relations of DESIGN.md are
 views: `workflow_executions` and `execution_steps` over the small `executions`
 and `steps` tables (one row per ended execution / step, written in the same
 transaction as its span, rebuildable from `spans` by `rebuild_derived`) and the
@@ -15,6 +16,7 @@ from typing import Final
 
 import duckdb
 
+from otel_workflow.ingest.columns import RUNNING_SPANS, SPAN_EVENTS, SPAN_LINKS, SPANS
 from otel_workflow.storage.analytics import create_analytics
 
 SCHEMA_VERSION: Final = 1
@@ -26,84 +28,10 @@ class SchemaVersionError(RuntimeError):
     """The database was written by a newer otel-workflow than this one."""
 
 
-_TABLES: Final = """
-CREATE TABLE IF NOT EXISTS spans (
-    trace_id VARCHAR NOT NULL,
-    span_id VARCHAR NOT NULL,
-    parent_span_id VARCHAR,
-    name VARCHAR NOT NULL,
-    kind VARCHAR,
-    start_time TIMESTAMPTZ NOT NULL,
-    end_time TIMESTAMPTZ NOT NULL,
-    duration_ms DOUBLE,
-    status_code VARCHAR,
-    status_message VARCHAR,
-    service_name VARCHAR,
-    resource_attributes JSON,
-    scope_name VARCHAR,
-    scope_version VARCHAR,
-    attributes JSON,
-    dropped_attributes INTEGER,
-    dropped_events INTEGER,
-    dropped_links INTEGER,
-    workflow_role VARCHAR,
-    execution_id VARCHAR,
-    workflow_id VARCHAR,
-    step_name VARCHAR,
-    step_type VARCHAR,
-    step_sequence BIGINT,
-    parent_step_id VARCHAR,
-    workflow_status VARCHAR,
-    error_message VARCHAR,
-    trigger_type VARCHAR,
-    triggered_by VARCHAR,
-    config_version VARCHAR,
-    capture_io BOOLEAN,
-    input_data JSON,
-    output_data JSON
-);
-CREATE TABLE IF NOT EXISTS span_events (
-    trace_id VARCHAR NOT NULL,
-    span_id VARCHAR NOT NULL,
-    event_index INTEGER NOT NULL,
-    name VARCHAR NOT NULL,
-    timestamp TIMESTAMPTZ NOT NULL,
-    attributes JSON
-);
-CREATE TABLE IF NOT EXISTS span_links (
-    trace_id VARCHAR NOT NULL,
-    span_id VARCHAR NOT NULL,
-    link_index INTEGER NOT NULL,
-    linked_trace_id VARCHAR NOT NULL,
-    linked_span_id VARCHAR NOT NULL,
-    attributes JSON
-);
--- Execution and step spans that have started and not yet ended. A row is
--- deleted in the same transaction that stores the ended span; a clean shutdown
--- marks the rows of spans that never ended as interrupted.
-CREATE TABLE IF NOT EXISTS running_spans (
-    trace_id VARCHAR NOT NULL,
-    span_id VARCHAR NOT NULL,
-    parent_span_id VARCHAR,
-    name VARCHAR NOT NULL,
-    start_time TIMESTAMPTZ NOT NULL,
-    service_name VARCHAR,
-    workflow_role VARCHAR NOT NULL,
-    execution_id VARCHAR,
-    workflow_id VARCHAR,
-    step_name VARCHAR,
-    step_type VARCHAR,
-    step_sequence BIGINT,
-    parent_step_id VARCHAR,
-    trigger_type VARCHAR,
-    triggered_by VARCHAR,
-    config_version VARCHAR,
-    capture_io BOOLEAN,
-    writer_id VARCHAR NOT NULL,
-    pid BIGINT,
-    interrupted_at TIMESTAMPTZ
-);
-"""
+# The raw tables and the live one, made from the column table. `running_spans` holds the execution and
+# step spans that have started and not yet ended: a row is deleted in the same transaction that stores
+# the ended span; a clean shutdown marks the rows of spans that never ended as interrupted.
+_TABLES: Final = ";\n".join(table.ddl() for table in (SPANS, SPAN_EVENTS, SPAN_LINKS, RUNNING_SPANS))
 
 # Derived tables, filled at ingest from the same batch (in the same transaction) and rebuildable from
 # `spans` alone by `rebuild_derived`. Measured at 10M spans (benchmarks/queries.py), views that

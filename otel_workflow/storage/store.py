@@ -23,7 +23,8 @@ import pyarrow as pa
 from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_workflow.ingest.convert import SpanConverter, prepare_conversion
-from otel_workflow.ingest.writer import BackgroundWriter, LiveRowGate
+from otel_workflow.ingest.live import LiveRowGate
+from otel_workflow.ingest.writer import BackgroundWriter
 from otel_workflow.model.errors import StoreError
 from otel_workflow.model.records import (
     DurationArg,
@@ -63,7 +64,7 @@ class TraceStore:
     an existing file for queries only. Ingestion is asynchronous: `submit_spans`
     and `live_rows.submit` enqueue and return at once; `flush()` waits for the writer.
 
-    `max_queued_spans` bounds the memory the write queue may use (see `writer` for
+    `max_queued_spans` bounds the memory the write queue may use (see `ingest.admission` for
     which spans go first when it is full); `lock_timeout_s` is how long opening
     waits for another process's lock; `shutdown_timeout_s` bounds all shutdown
     steps together (`close`, the exporter's `shutdown`, the exit hook);

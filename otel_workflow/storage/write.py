@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_workflow.ingest.convert import ConvertedSpans, SpanBatch, SpanConverter, running_rows, tables_of
-from otel_workflow.ingest.writer import RetryLater
+from otel_workflow.ingest.sink import RetryLater
 from otel_workflow.model.errors import StoreBusy
 from otel_workflow.storage.connection import is_lock_conflict
 from otel_workflow.storage.database import Database
