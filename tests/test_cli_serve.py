@@ -8,9 +8,11 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -65,6 +67,12 @@ def test_serve_command_stores_otlp_and_answers_the_read_api(tmp_path: Path) -> N
                 listed = [row["id"] for row in json.load(response)["executions"]]
             time.sleep(0.2)
         assert sorted(listed) == sorted(ids)
+        # DNS rebinding: bound to loopback, the command answers only requests addressed to a loopback name.
+        refused = urllib.request.Request(f"{base}/api/executions", headers={"Host": "evil.example"})
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(refused, timeout=5)
+        answer.value.close()
+        assert answer.value.code == 400
     finally:
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=60)

@@ -41,14 +41,8 @@ from support import wait_until
 
 from otel_workflow import TraceStore, WorkflowSpanProcessor
 from otel_workflow.export.files import export_otlp_json
-from otel_workflow.server.app import (
-    DEFAULT_HOST,
-    DEFAULT_PORT,
-    Collector,
-    ReceiverLimits,
-    _check_exposure,
-    serve,
-)
+from otel_workflow.server.app import DEFAULT_HOST, DEFAULT_PORT, Collector, ReceiverLimits, serve
+from otel_workflow.server.security import check_exposure
 
 PROTOBUF = "application/x-protobuf"
 
@@ -247,7 +241,7 @@ def test_bad_requests_get_their_status_and_the_server_keeps_serving(
 
 @pytest.mark.parametrize("chunk", [1, 7, 4096, 1 << 20])
 def test_decompression_is_incremental_and_capped(chunk: int) -> None:
-    from otel_workflow.server.app import _Inflater, _TooLarge  # noqa: PLC0415 - the mechanism itself
+    from otel_workflow.server.receiver import _Inflater, _TooLarge  # noqa: PLC0415 - the mechanism itself
 
     data = bytes(range(256)) * 400
     compressed = gzip.compress(data) + gzip.compress(data[:100])  # two members
@@ -400,11 +394,11 @@ def test_it_binds_to_loopback_by_default_and_warns_when_exposed(
     with served(tmp_path / "c.duckdb") as server:
         assert server.url.startswith("http://127.0.0.1:")
     with caplog.at_level(logging.WARNING, logger="otel_workflow"):
-        _check_exposure("127.0.0.1", None)
-        _check_exposure("::1", None)
-        _check_exposure("0.0.0.0", "a token")
+        check_exposure("127.0.0.1", None)
+        check_exposure("::1", None)
+        check_exposure("0.0.0.0", "a token")
         assert not caplog.records
-        _check_exposure("0.0.0.0", None)
+        check_exposure("0.0.0.0", None)
     assert "without a token" in caplog.text
 
 

@@ -8,10 +8,12 @@ from typing import Any
 
 import pytest
 from collector_support import otlp_json, run_pipeline
+from google.rpc import status_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTracePartialSuccess,
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
@@ -25,13 +27,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_workflow import WorkflowSpanProcessor
 from otel_workflow.ingest.convert import SpanConverter
-from otel_workflow.otlp.decode import (
-    DecodeError,
-    decode_json,
-    decode_protobuf,
-    response_json,
-    response_protobuf,
-)
+from otel_workflow.otlp.decode import DecodeError, decode_json, decode_protobuf
+from otel_workflow.otlp.encode import export_response_json, export_response_protobuf, rpc_status_protobuf
 
 TRACE_ID = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
 SPAN_ID = bytes.fromhex("b7ad6b7169203331")
@@ -237,12 +234,27 @@ def test_remote_parent_and_trace_state_are_kept() -> None:
 
 
 def test_the_responses_follow_the_otlp_encoding() -> None:
-    assert response_protobuf() == b""
-    parsed = ExportTraceServiceResponse.FromString(response_protobuf(3, "bad ids"))
+    assert export_response_protobuf() == b""
+    parsed = ExportTraceServiceResponse.FromString(export_response_protobuf(3, "bad ids"))
     assert parsed.partial_success.rejected_spans == 3
     assert parsed.partial_success.error_message == "bad ids"
-    assert response_json() == {}
-    assert response_json(2, "x") == {"partialSuccess": {"rejectedSpans": "2", "errorMessage": "x"}}
+    assert export_response_json() == {}
+    assert export_response_json(2, "x") == {"partialSuccess": {"rejectedSpans": "2", "errorMessage": "x"}}
+
+
+@given(rejected=st.integers(0, 2**63 - 1), message=st.text())
+def test_the_hand_written_protobuf_is_what_protobuf_writes(rejected: int, message: str) -> None:
+    expected = ExportTraceServiceResponse()
+    if rejected or message:
+        expected.partial_success.CopyFrom(
+            ExportTracePartialSuccess(rejected_spans=rejected, error_message=message)
+        )
+    assert export_response_protobuf(rejected, message) == expected.SerializeToString()
+    code = rejected % 17  # the google.rpc.Code values
+    assert (
+        rpc_status_protobuf(code, message)
+        == status_pb2.Status(code=code, message=message).SerializeToString()
+    )
 
 
 @pytest.mark.parametrize(

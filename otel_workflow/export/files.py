@@ -31,6 +31,7 @@ from typing import IO, Any, Final
 import duckdb
 
 from otel_workflow.model.records import TimeArg
+from otel_workflow.otlp.encode import SPAN_KIND_NUMBERS, STATUS_CODE_NUMBERS, key_values_json
 from otel_workflow.query.timeparse import time_window
 from otel_workflow.storage.store import TraceStore
 
@@ -49,10 +50,6 @@ PARQUET_TABLES: Final = {
 }
 
 _CHUNK_TRACES: Final = 200
-
-# OTLP enums (opentelemetry/proto/trace/v1/trace.proto).
-_OTLP_KIND: Final = {"INTERNAL": 1, "SERVER": 2, "CLIENT": 3, "PRODUCER": 4, "CONSUMER": 5}
-_OTLP_STATUS: Final = {"UNSET": 0, "OK": 1, "ERROR": 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,51 +308,30 @@ def export_jaeger_json(
 # -- OTLP JSON ---------------------------------------------------------------------------------------
 
 
-def _any_value(value: Any) -> dict[str, Any]:
-    if isinstance(value, bool):
-        return {"boolValue": value}
-    if isinstance(value, int):
-        # 64-bit integers are strings in the protobuf JSON mapping.
-        return {"intValue": str(value)}
-    if isinstance(value, float):
-        return {"doubleValue": value}
-    if isinstance(value, str):
-        return {"stringValue": value}
-    if isinstance(value, list | tuple):
-        return {"arrayValue": {"values": [_any_value(item) for item in value]}}
-    if isinstance(value, dict):
-        return {"kvlistValue": {"values": _key_values(value)}}
-    return {}
-
-
-def _key_values(attributes: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return [{"key": key, "value": _any_value(value)} for key, value in attributes.items()]
-
-
 def _otlp_span(span: _Span) -> dict[str, Any]:
     out: dict[str, Any] = {"traceId": span.trace_id, "spanId": span.span_id}
     if span.parent_span_id:
         out["parentSpanId"] = span.parent_span_id
     out["name"] = span.name
-    out["kind"] = _OTLP_KIND.get(span.kind or "", 0)
+    out["kind"] = SPAN_KIND_NUMBERS.get(span.kind or "", 0)
     out["startTimeUnixNano"] = str(span.start_us * 1000)
     out["endTimeUnixNano"] = str(span.end_us * 1000)
-    out["attributes"] = _key_values(span.attributes)
+    out["attributes"] = key_values_json(span.attributes)
     if span.dropped_attributes:
         out["droppedAttributesCount"] = span.dropped_attributes
     out["events"] = [
-        {"timeUnixNano": str(timestamp_us * 1000), "name": name, "attributes": _key_values(attributes)}
+        {"timeUnixNano": str(timestamp_us * 1000), "name": name, "attributes": key_values_json(attributes)}
         for timestamp_us, name, attributes in span.events
     ]
     if span.dropped_events:
         out["droppedEventsCount"] = span.dropped_events
     out["links"] = [
-        {"traceId": linked_trace, "spanId": linked_span, "attributes": _key_values(attributes)}
+        {"traceId": linked_trace, "spanId": linked_span, "attributes": key_values_json(attributes)}
         for linked_trace, linked_span, attributes in span.links
     ]
     if span.dropped_links:
         out["droppedLinksCount"] = span.dropped_links
-    status: dict[str, Any] = {"code": _OTLP_STATUS.get(span.status_code or "", 0)}
+    status: dict[str, Any] = {"code": STATUS_CODE_NUMBERS.get(span.status_code or "", 0)}
     if span.status_message:
         status["message"] = span.status_message
     out["status"] = status
@@ -379,7 +355,7 @@ def otlp_request(spans: Sequence[_Span]) -> dict[str, Any]:
                 scope["version"] = version
             scope_spans.append({"scope": scope, "spans": scope_span_list})
         resource_spans.append(
-            {"resource": {"attributes": _key_values(_object(resource))}, "scopeSpans": scope_spans}
+            {"resource": {"attributes": key_values_json(_object(resource))}, "scopeSpans": scope_spans}
         )
     return {"resourceSpans": resource_spans}
 

@@ -12,7 +12,7 @@ Input is untrusted. `decode_protobuf` and `decode_json` raise `DecodeError`
 for a body that is not an `ExportTraceServiceRequest`, and nothing else; a
 request that decodes but holds spans with invalid ids is accepted without
 them, and they are counted (`DecodedTraces.rejected`) for the OTLP partial
-success response.
+success response (which `encode` writes).
 
 Attribute values keep their OTLP shape where the SDK's own types cannot hold
 them (other SDKs send maps and byte strings): `kvlist_value` becomes a dict,
@@ -32,11 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from google.protobuf import json_format
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTracePartialSuccess,
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource as PbResource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
@@ -54,8 +50,6 @@ __all__ = [
     "decode_protobuf",
     "parse_json",
     "parse_protobuf",
-    "response_json",
-    "response_protobuf",
     "to_readable_spans",
 ]
 
@@ -346,7 +340,8 @@ def _trace_state(header: str) -> TraceState:
         return _EMPTY_TRACE_STATE
 
 
-def _any_value(value: AnyValue) -> Any:
+def _decode_any_value(value: AnyValue) -> Any:
+    """The Python value of an `AnyValue`, in the shapes the module docstring gives."""
     kind = value.WhichOneof("value")
     if kind == "string_value":
         return value.string_value
@@ -357,7 +352,7 @@ def _any_value(value: AnyValue) -> Any:
     if kind == "double_value":
         return value.double_value
     if kind == "array_value":
-        return tuple(_any_value(item) for item in value.array_value.values)
+        return tuple(_decode_any_value(item) for item in value.array_value.values)
     if kind == "kvlist_value":
         return _attributes(value.kvlist_value.values)
     if kind == "bytes_value":
@@ -367,7 +362,7 @@ def _any_value(value: AnyValue) -> Any:
 
 def _attributes(pairs: Sequence[KeyValue]) -> dict[str, Any]:
     # A repeated key keeps its last value, as setting an SDK attribute twice does.
-    return {pair.key: _any_value(pair.value) for pair in pairs}
+    return {pair.key: _decode_any_value(pair.value) for pair in pairs}
 
 
 def _primitive(value: Any) -> Any:
@@ -418,26 +413,3 @@ def _scope(scope: InstrumentationScope, schema_url: str) -> SdkScope:
         schema_url or None,
         _primitive_attributes(scope.attributes) or None,
     )
-
-
-# -- responses -------------------------------------------------------------------------------------
-
-
-def response_protobuf(rejected: int = 0, error_message: str = "") -> bytes:
-    """The binary `ExportTraceServiceResponse`; `partial_success` is set only when spans were rejected."""
-    response = ExportTraceServiceResponse()
-    if rejected or error_message:
-        response.partial_success.CopyFrom(
-            ExportTracePartialSuccess(rejected_spans=rejected, error_message=error_message)
-        )
-    return response.SerializeToString()
-
-
-def response_json(rejected: int = 0, error_message: str = "") -> dict[str, Any]:
-    """The OTLP/JSON `ExportTraceServiceResponse` (int64 as a string, as the JSON mapping has it)."""
-    if not (rejected or error_message):
-        return {}
-    partial: dict[str, Any] = {"rejectedSpans": str(rejected)}
-    if error_message:
-        partial["errorMessage"] = error_message
-    return {"partialSuccess": partial}
