@@ -30,6 +30,7 @@ from typing import IO, Any, Final
 
 import duckdb
 
+from otel_workflow.model.jsonvalues import json_object
 from otel_workflow.model.records import TimeArg
 from otel_workflow.otlp.encode import SPAN_KIND_NUMBERS, STATUS_CODE_NUMBERS, key_values_json
 from otel_workflow.query.timeparse import time_window
@@ -131,13 +132,6 @@ class _Span:
     links: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
 
 
-def _object(text: str | None) -> dict[str, Any]:
-    if not text:
-        return {}
-    value = json.loads(text)
-    return value if isinstance(value, dict) else {"value": value}
-
-
 def _read_spans(connection: duckdb.DuckDBPyConnection, trace_ids: list[str]) -> list[_Span]:
     """The spans of these traces, in start order, with their events and links."""
     spans: dict[tuple[str, str], _Span] = {}
@@ -166,7 +160,7 @@ def _read_spans(connection: duckdb.DuckDBPyConnection, trace_ids: list[str]) -> 
             resource=row[10] or "{}",
             scope_name=row[11],
             scope_version=row[12],
-            attributes=_object(row[13]),
+            attributes=json_object(row[13]),
             dropped_attributes=row[14],
             dropped_events=row[15],
             dropped_links=row[16],
@@ -179,7 +173,7 @@ def _read_spans(connection: duckdb.DuckDBPyConnection, trace_ids: list[str]) -> 
     ).fetchall():
         owner = spans.get((trace_id, span_id))
         if owner is not None:
-            owner.events.append((timestamp_us, name, _object(attributes)))
+            owner.events.append((timestamp_us, name, json_object(attributes)))
     for trace_id, span_id, linked_trace, linked_span, attributes in connection.execute(
         "SELECT trace_id, span_id, linked_trace_id, linked_span_id, attributes::VARCHAR FROM span_links "
         "WHERE trace_id IN (SELECT unnest($ids)) ORDER BY trace_id, span_id, link_index",
@@ -187,7 +181,7 @@ def _read_spans(connection: duckdb.DuckDBPyConnection, trace_ids: list[str]) -> 
     ).fetchall():
         owner = spans.get((trace_id, span_id))
         if owner is not None:
-            owner.links.append((linked_trace, linked_span, _object(attributes)))
+            owner.links.append((linked_trace, linked_span, json_object(attributes)))
     return list(spans.values())
 
 
@@ -273,7 +267,7 @@ def jaeger_trace(trace_id: str, spans: Sequence[_Span]) -> dict[str, Any]:
         process_id = ids.get(key)
         if process_id is None:
             process_id = ids[key] = f"p{len(ids) + 1}"
-            resource = {k: v for k, v in _object(span.resource).items() if k != "service.name"}
+            resource = {k: v for k, v in json_object(span.resource).items() if k != "service.name"}
             processes[process_id] = {
                 "serviceName": span.service_name or "unknown_service",
                 "tags": _jaeger_tags(resource),
@@ -355,7 +349,7 @@ def otlp_request(spans: Sequence[_Span]) -> dict[str, Any]:
                 scope["version"] = version
             scope_spans.append({"scope": scope, "spans": scope_span_list})
         resource_spans.append(
-            {"resource": {"attributes": key_values_json(_object(resource))}, "scopeSpans": scope_spans}
+            {"resource": {"attributes": key_values_json(json_object(resource))}, "scopeSpans": scope_spans}
         )
     return {"resourceSpans": resource_spans}
 

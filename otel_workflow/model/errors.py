@@ -15,8 +15,10 @@ __all__ = [
     "QueryLimitExceeded",
     "ReadOnlyViolation",
     "SandboxRefusal",
+    "SpanNotFound",
     "StoreBusy",
     "StoreError",
+    "TraceNotFound",
 ]
 
 
@@ -42,6 +44,14 @@ class AmbiguousExecutionId(ExecutionLookupError):
     def __init__(self, message: str, candidates: Sequence[str]) -> None:
         super().__init__(message)
         self.candidates = list(candidates)
+
+
+class TraceNotFound(LookupError):
+    """No span, ended or running, has this trace id."""
+
+
+class SpanNotFound(LookupError):
+    """The trace has no span, ended or running, with this span id."""
 
 
 class ReadOnlyViolation(ValueError):

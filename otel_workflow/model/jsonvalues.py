@@ -3,6 +3,8 @@
 Used by the CLI's `--json` and the server's answers, so both print the same document for the same
 rows: dataclasses as objects, datetimes as ISO 8601, durations (`timedelta`) as seconds, DECIMAL as a
 number (text when not finite), BLOB as hex, NaN and infinities as null (JSON has neither).
+
+`json_object` is the way back for the JSON attribute columns (`attributes`, `resource_attributes`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["dumps"]
+__all__ = ["dumps", "json_object"]
 
 
 def dumps(data: Any, *, indent: bool = False) -> bytes:
@@ -34,6 +36,15 @@ def dumps(data: Any, *, indent: bool = False) -> bytes:
             indent=2 if indent else None,
         )
         return text.encode("utf-8")
+
+
+def json_object(text: str | None) -> dict[str, Any]:
+    """A JSON column's text as a dict: `{}` for NULL or empty, `{"value": v}` for a JSON value that is not
+    an object (the columns hold objects; another writer of the file may not have kept to that)."""
+    if not text:
+        return {}
+    value = json.loads(text)
+    return value if isinstance(value, dict) else {"value": value}
 
 
 def _default(value: Any) -> Any:

@@ -18,7 +18,9 @@ from otel_workflow.model.errors import (
     QueryLimitExceeded,
     ReadOnlyViolation,
     SandboxRefusal,
+    SpanNotFound,
     StoreError,
+    TraceNotFound,
 )
 
 __all__ = ["EXIT_FAILED", "EXIT_USAGE", "Problem", "problem_of"]
@@ -46,7 +48,7 @@ def problem_of(exc: BaseException) -> Problem | None:
     # Subclasses before the classes they extend.
     if isinstance(exc, AmbiguousExecutionId):
         return Problem(text, 409, EXIT_FAILED, {"candidates": exc.candidates})
-    if isinstance(exc, ExecutionLookupError):
+    if isinstance(exc, ExecutionLookupError | TraceNotFound | SpanNotFound):
         return Problem(text, 404, EXIT_FAILED)
     if isinstance(exc, SandboxRefusal):
         return Problem(text, 403, EXIT_USAGE, {"kind": "refused"})

@@ -12,15 +12,22 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 __all__ = [
+    "ColumnInfo",
     "DurationArg",
     "ExecutionDetail",
     "ExecutionFilter",
     "ExecutionRow",
     "LogRow",
     "PruneReport",
+    "SeriesBucket",
+    "SpanDetail",
+    "SpanEvent",
     "SpanLine",
+    "SpanLink",
+    "StatsSeries",
     "StepRow",
     "StepStats",
+    "TableInfo",
     "TimeArg",
     "WorkflowStats",
 ]
@@ -97,13 +104,14 @@ class StepRow:
 
 @dataclass(frozen=True, slots=True)
 class SpanLine:
-    """One line of an execution's waterfall: a span under the execution span (itself included).
+    """One line of a waterfall: of an execution (the spans under the execution span, itself included)
+    or of a whole trace (every span; `depth` counts from its root).
 
     `role` is `execution`, `step`, or None for spans of other instrumentation
     (HTTP clients, database calls). `status` uses the step vocabulary for all:
     a plain span is `completed` unless its status is ERROR (`failed`).
-    `offset_ms` counts from the start of the execution; `end_time` and
-    `duration_ms` are None while the span runs.
+    `offset_ms` counts from the start of the execution (of a trace: of its
+    earliest span); `end_time` and `duration_ms` are None while the span runs.
     """
 
     span_id: str
@@ -122,6 +130,63 @@ class SpanLine:
     error_message: str | None
     sequence_num: int | None
     step_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SpanEvent:
+    """An event of a span (`span_events`), its attributes as Python data."""
+
+    name: str
+    timestamp: datetime
+    attributes: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SpanLink:
+    """A link of a span to another span (`span_links`): the linked span's ids and the link's attributes."""
+
+    trace_id: str
+    span_id: str
+    attributes: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SpanDetail:
+    """One span as stored: its `spans` row with the JSON columns as Python data, its events and links.
+
+    A span still running is only a live row (`running`: True): what is known when a span starts (ids,
+    name, start, service, the workflow columns); `end_time`, `duration_ms` and the status are None, the
+    attributes, events and links empty. `interrupted_at` is when a clean shutdown found it still running.
+    """
+
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None
+    name: str
+    kind: str | None
+    service_name: str | None
+    start_time: datetime
+    end_time: datetime | None
+    duration_ms: float | None
+    status_code: str | None
+    status_message: str | None
+    scope_name: str | None
+    scope_version: str | None
+    attributes: dict[str, Any]
+    resource_attributes: dict[str, Any]
+    events: list[SpanEvent]
+    links: list[SpanLink]
+    dropped_attributes: int
+    dropped_events: int
+    dropped_links: int
+    running: bool
+    interrupted_at: datetime | None
+    workflow_role: str | None
+    execution_id: str | None
+    workflow_id: str | None
+    step_name: str | None
+    step_type: str | None
+    step_sequence: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +262,51 @@ class WorkflowStats:
     p95_ms: float | None
     p99_ms: float | None
     max_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesBucket:
+    """One time bucket of a `StatsSeries`: the ended steps that started in `[start, start + bucket_s)`.
+
+    As `StepStats`: `failure_rate` is `failed / count` (None when the bucket is empty) and the
+    percentiles leave skipped steps out.
+    """
+
+    start: datetime
+    count: int
+    failed: int
+    failure_rate: float | None
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class StatsSeries:
+    """Step statistics over time: `[since, until)` cut into buckets of `bucket_s` seconds, every one of
+    them in `series` (empty ones too), oldest first."""
+
+    since: datetime
+    until: datetime
+    bucket_s: float
+    series: list[SeriesBucket]
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnInfo:
+    """A column of a table or view: its name and its DuckDB type (`VARCHAR`, `TIMESTAMP WITH TIME ZONE`)."""
+
+    name: str
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
+class TableInfo:
+    """A table or view the SQL sandbox can query; `kind` is `table` or `view`."""
+
+    name: str
+    kind: str
+    columns: list[ColumnInfo]
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ import duckdb
 from otel_workflow.model.errors import AmbiguousExecutionId, ExecutionNotFound
 from otel_workflow.model.records import ExecutionDetail, ExecutionFilter, ExecutionRow, SpanLine, StepRow
 from otel_workflow.query.timeparse import time_window
+from otel_workflow.query.traces import TreeRow, ended_status, live_status, span_lines
 
 
 def _columns(row_type: type[Any]) -> str:
@@ -110,6 +111,27 @@ _SKEW = timedelta(minutes=5)
 
 def _window(started_at: datetime, completed_at: datetime | None) -> tuple[datetime, datetime]:
     return started_at - _SKEW, (completed_at or datetime.now(UTC)) + _SKEW
+
+
+# The runs of an id: ended ones through the index, running ones (or interrupted) from their live rows.
+_EXECUTION_TIMES: Final = """
+SELECT started_at, completed_at FROM executions WHERE id = $1
+UNION ALL
+SELECT start_time, NULL FROM running_spans WHERE workflow_role = 'execution' AND execution_id = $1
+"""
+
+
+def execution_window(connection: duckdb.DuckDBPyConnection, execution_id: str) -> tuple[datetime, datetime]:
+    """When the rows of an execution (exact id) are looked for: its start to its end (now while it runs),
+    widened by the clock skew allowed between services; of a reused id, from the earliest run.
+    Raises `ExecutionNotFound`."""
+    rows = connection.execute(_EXECUTION_TIMES, [execution_id]).fetchall()
+    if not rows:
+        raise ExecutionNotFound(f"no execution with id {execution_id!r}")
+    windows = [_window(started_at, completed_at) for started_at, completed_at in rows]
+    since = min(window[0] for window in windows)
+    until = max(window[1] for window in windows)
+    return since, until
 
 
 def list_steps(
@@ -208,8 +230,6 @@ FROM steps WHERE execution_id = $execution AND started_at BETWEEN $since AND $un
 
 _ENDED_SPAN, _LIVE, _ENDED_STEP = 0, 1, 2
 
-_INTERRUPTED: Final = "interrupted: the process shut down before this span ended"
-
 
 class _Row(NamedTuple):
     """A row of `_TRACE_AND_STEPS`, its values as DuckDB returns them."""
@@ -247,7 +267,7 @@ def _steps_and_waterfall(
     rows = connection.execute(
         _TRACE_AND_STEPS, {"trace": detail.trace_id, "execution": detail.id, "since": since, "until": until}
     ).fetchall()
-    spans: list[tuple[Any, ...]] = []
+    spans: list[TreeRow] = []
     steps: list[StepRow] = []
     live_start: datetime | None = None
     for row in map(_Row._make, rows):
@@ -255,23 +275,26 @@ def _steps_and_waterfall(
             steps.append(_step(row, row.workflow_status, row.error_message))
             continue
         if row.part == _ENDED_SPAN:
-            status, error = row.workflow_status, row.error_message
-            if row.role is None:  # other instrumentation: failed if its status is ERROR
-                status, error = (
-                    ("failed", row.status_message) if row.status_code == "ERROR" else ("completed", None)
-                )
-        else:  # a live row, as the views show it: running, or failed if its process shut down first
-            status, error = ("running", None) if row.interrupted_at is None else ("failed", _INTERRUPTED)
+            status, error = ended_status(
+                row.role, row.workflow_status, row.error_message, row.status_code, row.status_message
+            )
+        else:
+            status, error = live_status(row.interrupted_at)
             if row.execution_id == detail.id and row.role == "step" and since <= row.start_time <= until:
                 steps.append(_step(row, status, error))
             if row.execution_id == detail.id and row.role == "execution":
                 live_start = min(live_start or row.start_time, row.start_time)
             if row.trace_id != detail.trace_id:
                 continue
-        spans.append((*row[1:8], status, row.start_time, row.end_time, row.duration_ms, error, *row[15:17]))
+        spans.append(
+            TreeRow(*row[1:8], status, row.start_time, row.end_time, row.duration_ms, error, *row[15:17])
+        )
     # The order of `list_steps`: ORDER BY started_at, sequence_num (NULLs last), id.
     steps.sort(key=lambda step: (step.started_at, step.sequence_num is None, step.sequence_num or 0, step.id))
-    return steps, _waterfall(spans, detail.span_id, detail.started_at), live_start
+    # The tree is walked from the execution span, so that spans of the trace outside it (an HTTP server span
+    # above it, another execution) are left out.
+    root = next((span for span in spans if span.span_id == detail.span_id), None)
+    return steps, span_lines(spans, [root] if root else [], detail.started_at), live_start
 
 
 def _step(row: _Row, status: str, error: str | None) -> StepRow:
@@ -290,50 +313,3 @@ def _step(row: _Row, status: str, error: str | None) -> StepRow:
         input_data=row.input_data,
         output_data=row.output_data,
     )
-
-
-def _waterfall(rows: list[tuple[Any, ...]], root_span_id: str, origin: datetime) -> list[SpanLine]:
-    # Every span of the trace, ended or still running; the tree is walked from the execution span so
-    # that spans of the trace outside it (an HTTP server span above it, another execution) are left out.
-    children: dict[str | None, list[tuple[Any, ...]]] = {}
-    by_id: dict[str, tuple[Any, ...]] = {}
-    for row in rows:
-        by_id.setdefault(row[0], row)
-        children.setdefault(row[1], []).append(row)
-    for siblings in children.values():
-        siblings.sort(key=lambda r: (r[8], r[12] if r[12] is not None else 0, r[0]))
-    root = by_id.get(root_span_id)
-    if root is None:
-        return []
-    lines: list[SpanLine] = []
-    stack: list[tuple[tuple[Any, ...], int]] = [(root, 0)]
-    seen: set[str] = set()
-    while stack:
-        row, depth = stack.pop()
-        if row[0] in seen:  # a malformed trace with a parent cycle must not loop forever
-            continue
-        seen.add(row[0])
-        (span_id, parent, name, role, step_name, kind, service, status) = row[:8]
-        (start, end, duration, error, seq, stype) = row[8:]
-        lines.append(
-            SpanLine(
-                span_id=span_id,
-                parent_span_id=parent,
-                depth=depth,
-                name=name,
-                role=role,
-                label=step_name if role == "step" and step_name else name,
-                kind=kind,
-                service_name=service,
-                status=status,
-                start_time=start,
-                end_time=end,
-                offset_ms=(start - origin).total_seconds() * 1000,
-                duration_ms=duration,
-                error_message=error,
-                sequence_num=seq,
-                step_type=stype,
-            )
-        )
-        stack.extend((child, depth + 1) for child in reversed(children.get(span_id, [])))
-    return lines

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import duckdb
@@ -17,15 +18,28 @@ def list_logs(
     execution_id: str | None = None,
     *,
     level: str | Sequence[str] | None = None,
+    step_id: str | None = None,
     since: TimeArg = None,
     until: TimeArg = None,
     limit: int | None = None,
+    within: tuple[datetime, datetime] | None = None,
 ) -> list[LogRow]:
-    """Log rows in time order; at equal times a start comes before the events and the end of its span."""
+    """Log rows in time order; at equal times a start comes before the events and the end of its span.
+
+    `step_id` keeps the rows of one step (the step span's id): its start, its events and its end.
+    `within` bounds the row time as well (an execution's window: DuckDB then reads only the row groups
+    of that time instead of every stored id).
+    """
     where, params = time_window("created_at", since, until)
+    if within is not None:
+        where.append("created_at BETWEEN ? AND ?")
+        params.extend(within)
     if execution_id is not None:
         where.append("execution_id = ?")
         params.append(execution_id)
+    if step_id is not None:
+        where.append("step_id = ?")
+        params.append(step_id)
     levels = [value.lower() for value in _texts(level)]
     if levels:
         where.append(f"lower(level) IN ({', '.join('?' for _ in levels)})")

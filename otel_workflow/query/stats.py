@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import bisect
+import math
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import duckdb
 
-from otel_workflow.model.records import StepStats, TimeArg, WorkflowStats
-from otel_workflow.query.timeparse import time_window
+from otel_workflow.model.records import SeriesBucket, StatsSeries, StepStats, TimeArg, WorkflowStats
+from otel_workflow.query.timeparse import parse_time, time_window
+
+#: The bounds of `step_series(buckets=...)`: a chart of more points than a screen has pixels is waste.
+MAX_SERIES_BUCKETS: Final = 500
+#: The window of `step_series` when `since` is not given: the day before `until`.
+DEFAULT_SERIES_WINDOW: Final = timedelta(hours=24)
+# Bucket widths a person reads at a glance (seconds): 1 s ... 30 s, 1 min ... 30 min, 1 h ... 12 h, days.
+_ROUND_WIDTHS: Final = (
+    1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10_800, 21_600, 43_200, 86_400,
+)  # fmt: skip
 
 STAT_SORTS: Final = {
     "name": "1, 2",
@@ -101,3 +113,75 @@ def workflow_stats(
         params,
     ).fetchall()
     return [WorkflowStats(*row) for row in rows]
+
+
+def series_bucket_width(window: timedelta, buckets: int) -> int:
+    """The bucket width, in seconds, for `window` cut into at most about `buckets` buckets: the smallest
+    round width (5 min, 1 h, a whole number of days) at least `window / buckets`."""
+    wanted = window.total_seconds() / buckets
+    at = bisect.bisect_left(_ROUND_WIDTHS, wanted)
+    if at < len(_ROUND_WIDTHS):
+        return _ROUND_WIDTHS[at]
+    return math.ceil(wanted / 86_400) * 86_400
+
+
+def step_series(
+    connection: duckdb.DuckDBPyConnection,
+    *,
+    since: TimeArg = None,
+    until: TimeArg = None,
+    workflow_id: str | None = None,
+    step_name: str | None = None,
+    buckets: int = 60,
+) -> StatsSeries:
+    """Ended steps over time: count, failures and duration percentiles per time bucket.
+
+    The window `[since, until)` (default: the 24 hours before now) is cut into buckets of a round
+    width (`series_bucket_width`), aligned to multiples of it since the epoch so that a chart polled
+    again keeps its buckets; every bucket that overlaps the window is in the answer, empty ones too.
+    Steps count in the bucket of their start, and only if they started within the window.
+    """
+    if not 1 <= buckets <= MAX_SERIES_BUCKETS:
+        raise ValueError(f"buckets must be between 1 and {MAX_SERIES_BUCKETS}, not {buckets}")
+    end = parse_time(until) or datetime.now(UTC)
+    start = parse_time(since) or end - DEFAULT_SERIES_WINDOW
+    where, params = time_window("started_at", start, end)
+    width = series_bucket_width(end - start, buckets)
+    where.append("status <> 'running'")
+    if workflow_id is not None:
+        where.append("workflow_id = ?")
+        params.append(workflow_id)
+    if step_name is not None:
+        where.append("step_name = ?")
+        params.append(step_name)
+    rows = connection.execute(
+        f"""
+        SELECT bucket, count, failed, q[1], q[2], q[3]
+        FROM (
+            SELECT floor(epoch(started_at) / ?)::BIGINT AS bucket, count(*) AS count,
+                   count(*) FILTER (WHERE status = 'failed') AS failed,
+                   quantile_cont(CASE WHEN status <> 'skipped' THEN duration_ms END, [0.5, 0.95, 0.99]) AS q
+            FROM execution_steps WHERE {" AND ".join(where)}
+            GROUP BY bucket
+        )
+        """,
+        [width, *params],
+    ).fetchall()
+    found = {row[0]: row for row in rows}
+    first = math.floor(start.timestamp() / width)
+    last = math.ceil(end.timestamp() / width)
+    series = []
+    for bucket in range(first, max(last, first + 1)):
+        _, count, failed, p50, p95, p99 = found.get(bucket, (bucket, 0, 0, None, None, None))
+        series.append(
+            SeriesBucket(
+                start=datetime.fromtimestamp(bucket * width, UTC),
+                count=count,
+                failed=failed,
+                failure_rate=failed / count if count else None,
+                p50_ms=p50,
+                p95_ms=p95,
+                p99_ms=p99,
+            )
+        )
+    return StatsSeries(since=start, until=end, bucket_s=width, series=series)

@@ -199,9 +199,16 @@ SELECT span_id || ':end',
        step_name,
        json_object('trace_id', trace_id, 'span_id', span_id, 'status', status,
                    'duration_ms', duration_ms),
-       coalesce(completed_at, started_at)
-FROM workflow_spans
-WHERE execution_id IS NOT NULL AND status <> 'running'
+       ended_at
+-- The time of an end row: its end, or its start for a live row that was interrupted. Two branches, not
+-- coalesce(completed_at, started_at): a time condition then reaches each table's own time column and DuckDB
+-- skips the row groups outside it (one execution's rows at 10M spans: 72 -> 27 ms, benchmarks/queries.py).
+FROM (
+    SELECT *, completed_at AS ended_at FROM workflow_spans WHERE completed_at IS NOT NULL
+    UNION ALL
+    SELECT *, started_at FROM workflow_spans WHERE completed_at IS NULL AND status <> 'running'
+)
+WHERE execution_id IS NOT NULL
 UNION ALL
 SELECT ev.span_id || ':' || ev.event_index,
        s.workflow_id,

@@ -33,15 +33,22 @@ from otel_workflow.model.records import (
     ExecutionRow,
     LogRow,
     PruneReport,
+    SpanDetail,
+    SpanLine,
+    StatsSeries,
     StepRow,
     StepStats,
+    TableInfo,
     TimeArg,
     WorkflowStats,
 )
+from otel_workflow.query import changes as changes_query
 from otel_workflow.query import executions as executions_query
 from otel_workflow.query import logs as logs_query
 from otel_workflow.query import readonly
 from otel_workflow.query import stats as stats_query
+from otel_workflow.query import tables as tables_query
+from otel_workflow.query import traces as traces_query
 from otel_workflow.query.timeparse import cutoff
 from otel_workflow.storage import prune
 from otel_workflow.storage.database import MEMORY, Database
@@ -346,6 +353,7 @@ class TraceStore:
         execution_id: str | None = None,
         *,
         level: str | Sequence[str] | None = None,
+        step_id: str | None = None,
         since: TimeArg = None,
         until: TimeArg = None,
         limit: int | None = None,
@@ -353,15 +361,53 @@ class TraceStore:
         """Log rows in time order: of one execution (id or unique prefix), or of all.
 
         `level` keeps only rows of that level or levels (`info`, `error`,
-        `warning`, `event`, ...); `since` / `until` bound the row time.
+        `warning`, `event`, ...); `step_id` those of one step (its span id);
+        `since` / `until` bound the row time. The rows of one execution are those
+        of its time window, widened by 5 minutes for clock skew, as its waterfall.
         """
         with self.connection() as connection:
-            found = (
-                None
-                if execution_id is None
-                else executions_query.resolve_execution_id(connection, execution_id)
+            found = window = None
+            if execution_id is not None:
+                found = executions_query.resolve_execution_id(connection, execution_id)
+                window = executions_query.execution_window(connection, found)
+            return logs_query.list_logs(
+                connection,
+                found,
+                level=level,
+                step_id=step_id,
+                since=since,
+                until=until,
+                limit=limit,
+                within=window,
             )
-            return logs_query.list_logs(connection, found, level=level, since=since, until=until, limit=limit)
+
+    def trace(self, trace_id: str) -> list[SpanLine]:
+        """Every span of a trace, workflow or not, ended or running, as waterfall lines (depth first).
+
+        Raises `TraceNotFound` (a `LookupError`) when no span has the id, ValueError when it is not
+        32 hexadecimal digits.
+        """
+        with self.connection() as connection:
+            return traces_query.get_trace(connection, trace_id)
+
+    def span(self, trace_id: str, span_id: str) -> SpanDetail:
+        """One span with its attributes, resource, events and links (a running one: its live row).
+
+        Raises `SpanNotFound` (a `LookupError`), or ValueError for ids that are not hexadecimal.
+        """
+        with self.connection() as connection:
+            return traces_query.get_span(connection, trace_id, span_id)
+
+    def change_cursor(self) -> str:
+        """A short text that changes whenever a span is stored, started, interrupted or pruned: poll it
+        and read again only when it moved."""
+        with self.connection() as connection:
+            return changes_query.change_cursor(connection)
+
+    def tables(self) -> list[TableInfo]:
+        """The tables and views of the database with their columns (what `read_sql` can query)."""
+        with self.connection() as connection:
+            return tables_query.list_tables(connection)
 
     def step_stats(
         self,
@@ -393,6 +439,30 @@ class TraceStore:
         with self.connection() as connection:
             return stats_query.workflow_stats(
                 connection, workflow_id=workflow_id, since=since, until=until, sort=sort
+            )
+
+    def step_series(
+        self,
+        *,
+        since: TimeArg = None,
+        until: TimeArg = None,
+        workflow_id: str | None = None,
+        step_name: str | None = None,
+        buckets: int = 60,
+    ) -> StatsSeries:
+        """Ended steps over time: per bucket of a round width, count, failures, p50/p95/p99.
+
+        The window defaults to the 24 hours before now; `buckets` (1-500) is the most buckets wanted
+        and sets their width (`query.stats.series_bucket_width`).
+        """
+        with self.connection() as connection:
+            return stats_query.step_series(
+                connection,
+                since=since,
+                until=until,
+                workflow_id=workflow_id,
+                step_name=step_name,
+                buckets=buckets,
             )
 
     def prune(self, older_than: DurationArg, *, dry_run: bool = False) -> PruneReport:
