@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import csv
 import sys
+import webbrowser
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import click
 import duckdb
@@ -28,6 +31,7 @@ from otel_workflow.cli.demo import run_demo
 from otel_workflow.cli.errors import BadArgument, CommandError, first_line, friendly_errors
 from otel_workflow.cli.params import (
     DURATION,
+    F,
     db_option,
     json_option,
     memory_limit_option,
@@ -107,7 +111,8 @@ def demo(db_path: str, as_json: bool, count: int) -> None:
             f"  otel-workflow logs {short} --db {db_path} --level error\n"
             f"  otel-workflow stats --db {db_path} --since 1h\n"
             f'  otel-workflow sql --db {db_path} "SELECT * FROM slowest_executions(n := 3)"\n'
-            f"  otel-workflow export --db {db_path} --format jaeger-json --output traces.json"
+            f"  otel-workflow export --db {db_path} --format jaeger-json --output traces.json\n"
+            f"  otel-workflow ui --db {db_path}"
         )
     )
 
@@ -400,37 +405,58 @@ def prune(db_path: str, as_json: bool, older_than: timedelta, dry_run: bool) -> 
     )
 
 
-@main.command()
-@db_option
-@click.option(
-    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default)."
-)
-@click.option(
-    "--port", default=4318, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port."
-)
-@click.option(
-    "--token",
-    envvar="OTEL_WORKFLOW_TOKEN",
-    default=None,
-    help="Bearer token required for ingest and reads (or $OTEL_WORKFLOW_TOKEN, which keeps it out of `ps`).",
-)
-@click.option(
-    "--log-level",
-    default="info",
-    show_default=True,
-    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
-)
-@timeout_option("--sql-timeout", readonly.HTTP_TIMEOUT_S, "an /api/sql query")
-@memory_limit_option("--sql-memory-limit", "one /api/sql query")
-@click.option(
-    "--sql-max-rows",
-    default=readonly.HTTP_MAX_ROWS,
-    show_default=True,
-    type=click.IntRange(1, 10_000_000),
-    help=f"The largest `limit` /api/sql takes (without one it returns up to {readonly.HTTP_ROWS:,} rows).",
-)
-@friendly_errors
-def serve(
+def _server_options(default_port: int, reads: str) -> Callable[[F], F]:
+    """The options `serve` and `ui` share: where to listen, the token, logging and the /api/sql limits."""
+    options = [
+        db_option,
+        click.option(
+            "--host",
+            default="127.0.0.1",
+            show_default=True,
+            help="Address to listen on (loopback by default).",
+        ),
+        click.option(
+            "--port",
+            default=default_port,
+            show_default=True,
+            type=click.IntRange(0, 65535),
+            help="0 picks a free port.",
+        ),
+        click.option(
+            "--token",
+            envvar="OTEL_WORKFLOW_TOKEN",
+            default=None,
+            help=f"Token required for {reads} (or $OTEL_WORKFLOW_TOKEN, which keeps it out of `ps`).",
+        ),
+        click.option(
+            "--log-level",
+            default="info",
+            show_default=True,
+            type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+        ),
+        timeout_option("--sql-timeout", readonly.HTTP_TIMEOUT_S, "an /api/sql query"),
+        memory_limit_option("--sql-memory-limit", "one /api/sql query"),
+        click.option(
+            "--sql-max-rows",
+            default=readonly.HTTP_MAX_ROWS,
+            show_default=True,
+            type=click.IntRange(1, 10_000_000),
+            help=(
+                "The largest `limit` /api/sql takes "
+                f"(without one it returns up to {readonly.HTTP_ROWS:,} rows)."
+            ),
+        ),
+    ]
+
+    def decorate(command: F) -> F:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def _run_server(
     *,
     db_path: str,
     host: str,
@@ -440,25 +466,64 @@ def serve(
     sql_timeout_s: float,
     sql_memory_limit: str,
     sql_max_rows: int,
+    ingest: bool,
+    on_ready: Callable[[str], None] | None = None,
 ) -> None:
-    """Receive OTLP/HTTP spans from any process or language into the database (POST /v1/traces).
-
-    Also serves the read API as JSON under /api. Needs the `collector` extra:
-    pip install 'otel-workflow[collector]'.
-    """
+    extra = "collector" if ingest else "ui"
     try:
-        # Imported here: starlette and uvicorn are an optional extra that only this command needs.
+        # Imported here: starlette and uvicorn are an optional extra that only these commands need.
         from otel_workflow.server.app import ReceiverLimits  # noqa: PLC0415
-        from otel_workflow.server.app import serve as run_collector  # noqa: PLC0415
+        from otel_workflow.server.app import serve as run_server  # noqa: PLC0415
     except ImportError as exc:
         raise CommandError(
-            f"{first_line(exc)}: install the collector extra, pip install 'otel-workflow[collector]'"
+            f"{first_line(exc)}: install the {extra} extra, pip install 'otel-workflow[{extra}]'"
         ) from exc
-    # Checked before the collector starts, so a bad value is a usage error, not a failure at the first query.
+    # Checked before the server starts, so a bad value is a usage error, not a failure at the first query.
     readonly.SqlLimits(timeout_s=sql_timeout_s, memory_limit=sql_memory_limit)
     limits = ReceiverLimits(
         sql_timeout_s=sql_timeout_s,
         sql_memory_limit=sql_memory_limit,
         max_sql_rows=sql_max_rows,
     )
-    run_collector(db_path, host, port, token, limits=limits, log_level=log_level)
+    try:
+        run_server(
+            db_path, host, port, token, limits=limits, log_level=log_level, on_ready=on_ready, ingest=ingest
+        )
+    except StoreError as exc:
+        raise CommandError(first_line(exc)) from exc
+
+
+@main.command()
+@_server_options(4318, "ingest, reads and the pages")
+@friendly_errors
+def serve(**options: Any) -> None:
+    """Receive OTLP/HTTP spans from any process or language into the database (POST /v1/traces).
+
+    Also serves the web UI at / and the read API as JSON under /api. Needs the `collector` extra:
+    pip install 'otel-workflow[collector]'.
+    """
+    _run_server(**options, ingest=True)
+
+
+@main.command()
+@_server_options(8766, "the pages and the API")
+@click.option(
+    "--open/--no-open", "open_browser", default=True, show_default=True, help="Open the page in a browser."
+)
+@friendly_errors
+def ui(open_browser: bool, **options: Any) -> None:
+    """The web UI over the database: runs live, a run's waterfall, logs and I/O, stats, SQL.
+
+    Reads the file read-only, so the application can go on writing it. Needs the `ui` extra:
+    pip install 'otel-workflow[ui]'.
+    """
+
+    def ready(url: str) -> None:
+        click.echo(
+            f"otel-workflow ui: {url}/  (database {Path(options['db_path']).absolute()}, read-only)",
+            err=True,
+        )
+        if open_browser:
+            webbrowser.open(url + "/")
+
+    _run_server(**options, ingest=False, on_ready=ready)

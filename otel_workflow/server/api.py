@@ -1,18 +1,24 @@
 """The read API: `/api/*` and `/healthz`, JSON over the store, and the JSON answers they give.
 
 `GET /api/executions`, `/api/executions/{id}`, `/api/executions/{id}/logs`,
-`/api/logs`, `/api/stats`, `/api/status` and `GET|POST /api/sql` (the SQL
-sandbox of `readonly`, time- and row-limited) serve the read side as JSON;
-`GET /healthz` says it is up. Answers are JSON in the one encoding of
-`model.jsonvalues`; errors are `{"error": message, ...}` with the HTTP status and
-fields `model.problems.problem_of` gives the error (`api_error`).
+`/api/executions/{id}/export` (a download: Jaeger or OTLP JSON), `/api/logs`,
+`/api/traces/{trace_id}`, `/api/traces/{trace_id}/spans/{span_id}`, `/api/stats`,
+`/api/stats/series`, `/api/changes` (the cursor pages poll), `/api/tables`,
+`/api/status` and `GET|POST /api/sql` (the SQL sandbox of `readonly`, time- and
+row-limited) serve the read side as JSON; `GET /healthz` says it is up. The
+README lists every route with its parameters. GETs never change anything.
+Answers are JSON in the one encoding of `model.jsonvalues`; errors are
+`{"error": message, ...}` with the HTTP status and fields `model.problems.problem_of`
+gives the error (`api_error`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import json
+import re
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -22,16 +28,25 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from otel_workflow.export.files import export_jaeger_json, export_otlp_json
 from otel_workflow.model.jsonvalues import dumps
 from otel_workflow.model.problems import problem_of
 from otel_workflow.model.records import ExecutionFilter
 from otel_workflow.server.limits import ReceiverLimits
-from otel_workflow.server.receiver import JSON, Receiver, content_kind
+from otel_workflow.server.receiver import JSON, content_kind
 from otel_workflow.storage.store import TraceStore
 
 __all__ = ["BadRequest", "ReadApi", "api_error", "bad_request", "json_response"]
 
 _MAX_SQL_BODY: Final = 256 * 1024
+
+#: `?format=` of `/api/executions/{id}/export`: the writer and the file name's ending.
+_EXPORTS: Final = {
+    "jaeger-json": (export_jaeger_json, "jaeger.json"),
+    "otlp-json": (export_otlp_json, "otlp.json"),
+}
+
+_SERIES_BUCKETS: Final = 60
 
 
 # -- JSON answers ----------------------------------------------------------------------------------
@@ -51,13 +66,15 @@ def api_error(status: int, message: str, **extra: Any) -> Response:
 
 
 class ReadApi:
-    """The read routes, around one store; `receiver` gives `/api/status` its figures. DuckDB runs in worker
-    threads."""
+    """The read routes, around one store; `status` gives `/api/status` its document (the receiver's figures
+    when the server ingests). DuckDB runs in worker threads."""
 
-    def __init__(self, store: TraceStore, limits: ReceiverLimits, receiver: Receiver) -> None:
+    def __init__(
+        self, store: TraceStore, limits: ReceiverLimits, status: Callable[[], dict[str, Any]]
+    ) -> None:
         self.store = store
         self.limits = limits
-        self.receiver = receiver
+        self._status = status
 
     def routes(self) -> list[Route]:
         """`/healthz` and the routes under `/api`."""
@@ -67,8 +84,14 @@ class ReadApi:
             Route("/api/executions", self.executions, methods=["GET"]),
             Route("/api/executions/{execution_id}", self.execution, methods=["GET"]),
             Route("/api/executions/{execution_id}/logs", self.logs, methods=["GET"]),
+            Route("/api/executions/{execution_id}/export", self.export, methods=["GET"]),
             Route("/api/logs", self.logs, methods=["GET"]),
+            Route("/api/traces/{trace_id}", self.trace, methods=["GET"]),
+            Route("/api/traces/{trace_id}/spans/{span_id}", self.span, methods=["GET"]),
             Route("/api/stats", self.stats, methods=["GET"]),
+            Route("/api/stats/series", self.series, methods=["GET"]),
+            Route("/api/changes", self.changes, methods=["GET"]),
+            Route("/api/tables", self.tables, methods=["GET"]),
             Route("/api/sql", self.sql, methods=["GET", "POST"]),
         ]
 
@@ -76,7 +99,7 @@ class ReadApi:
         return json_response({"status": "ok"})
 
     async def status(self, request: Request) -> Response:
-        return json_response(self.receiver.status())
+        return json_response(self._status())
 
     async def executions(self, request: Request) -> Response:
         params = request.query_params
@@ -98,6 +121,7 @@ class ReadApi:
             self.store.logs,
             execution_id,
             level=params.getlist("level") or None,
+            step_id=params.get("step_id") or None,
             since=params.get("since"),
             until=params.get("until"),
             limit=self._limit(params.get("limit"), None),
@@ -120,6 +144,57 @@ class ReadApi:
             }
 
         return await self._read(both)
+
+    async def series(self, request: Request) -> Response:
+        params = request.query_params
+        call = functools.partial(
+            self.store.step_series,
+            since=params.get("since") or None,
+            until=params.get("until") or None,
+            workflow_id=params.get("workflow_id") or None,
+            step_name=params.get("step_name") or None,
+            buckets=self._int(params.get("buckets"), _SERIES_BUCKETS, "buckets"),
+        )
+        return await self._read(call)
+
+    async def trace(self, request: Request) -> Response:
+        trace_id = request.path_params["trace_id"]
+        return await self._read(functools.partial(_trace, self.store, trace_id))
+
+    async def span(self, request: Request) -> Response:
+        path = request.path_params
+        return await self._read(functools.partial(self.store.span, path["trace_id"], path["span_id"]))
+
+    async def changes(self, request: Request) -> Response:
+        return await self._read(lambda: {"cursor": self.store.change_cursor()})
+
+    async def tables(self, request: Request) -> Response:
+        return await self._read(self.store.tables, "tables")
+
+    async def export(self, request: Request) -> Response:
+        """The execution's traces as a download: `?format=jaeger-json` (the default) or `otlp-json`."""
+        name = request.query_params.get("format", "jaeger-json")
+        if name not in _EXPORTS:
+            raise BadRequest(f"format must be one of {', '.join(_EXPORTS)}, not {name!r}")
+        writer, ending = _EXPORTS[name]
+        execution_id = request.path_params["execution_id"]
+
+        def run() -> bytes:
+            found = self.store.resolve_execution_id(execution_id)
+            output = io.StringIO()
+            writer(self.store, output, execution=found)
+            return output.getvalue().encode("utf-8")
+
+        try:
+            body = await anyio.to_thread.run_sync(run)
+        except Exception as exc:
+            return _problem_answer(exc)
+        filename = f"execution-{_file_safe(execution_id)}.{ending}"
+        return Response(
+            body,
+            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+            media_type="application/json",
+        )
 
     async def sql(self, request: Request) -> Response:
         limit_text = request.query_params.get("limit")
@@ -174,11 +249,26 @@ class ReadApi:
         try:
             result = await anyio.to_thread.run_sync(call)
         except Exception as exc:
-            problem = problem_of(exc)
-            if problem is None:
-                raise  # a bug: Starlette answers 500
-            return api_error(problem.http_status, problem.message, **problem.fields)
+            return _problem_answer(exc)
         return json_response(result if key is None else {key: result})
+
+
+def _problem_answer(exc: Exception) -> Response:
+    """The answer to an error of the read side; anything else is a bug, re-raised (Starlette answers 500)."""
+    problem = problem_of(exc)
+    if problem is None:
+        raise exc
+    return api_error(problem.http_status, problem.message, **problem.fields)
+
+
+def _trace(store: TraceStore, trace_id: str) -> dict[str, Any]:
+    spans = store.trace(trace_id)
+    return {"trace_id": trace_id.strip().lower(), "spans": spans}
+
+
+def _file_safe(text: str) -> str:
+    """`text` cut to what a file name may hold anywhere (an id comes from span data: never trust it)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:64].strip(".") or "run"
 
 
 def _execution_filter(params: QueryParams) -> ExecutionFilter:

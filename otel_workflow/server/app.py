@@ -8,10 +8,12 @@ process for DuckDB. The parts, each in its module:
 - `receiver`: `POST /v1/traces` into `TraceStore.submit_spans`, with the body
   limits, ingest slots and back-pressure answers of OTLP/HTTP;
 - `api`: `/api/*` and `/healthz`, the read side as JSON;
-- `security`: the bearer token and the loopback Host check;
+- `ui.pages`: the web UI's pages, static files and login form;
+- `security`: the token, the loopback Host check and the headers every answer carries;
 - `limits`: `ReceiverLimits`, the bounds all of them read.
 
-This module puts them together (`create_app`) and runs them: `Collector` on a
+This module puts them together (`create_app`) and runs them (`otel-workflow ui` is the same app
+without the receiver, over a read-only store): `Collector` on a
 background thread (tests, embedding), `serve()` in the foreground until SIGINT
 or SIGTERM. The server accepts at most `max_connections` at a time and binds to
 127.0.0.1 unless told otherwise.
@@ -27,6 +29,7 @@ OpenTelemetry SDK can export OTLP/HTTP.
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import socket
 import sys
@@ -46,11 +49,13 @@ from otel_workflow.server.receiver import Receiver
 from otel_workflow.server.security import (
     TOKEN_ENV,
     ASGIApp,
-    BearerAuth,
     LoopbackHosts,
+    SecurityHeaders,
+    TokenAuth,
     check_exposure,
     is_loopback,
 )
+from otel_workflow.server.ui.pages import UiPages
 from otel_workflow.storage.store import TraceStore
 
 __all__ = [
@@ -73,24 +78,42 @@ def create_app(
     token: str | None = None,
     limits: ReceiverLimits | None = None,
     loopback_only: bool = False,
+    ingest: bool = True,
+    ui: bool = True,
 ) -> ASGIApp:
-    """The ASGI application: OTLP/HTTP ingest into `store` and the read API over it.
+    """The ASGI application: OTLP/HTTP ingest into `store`, the read API and the web UI over it.
 
-    With `token`, every route but `/healthz` needs `Authorization: Bearer <token>`.
-    With `loopback_only` (what `serve()` and `Collector` set when bound to a
-    loopback address), requests must be addressed to a loopback name, which
-    keeps web pages from reading it through DNS rebinding.
+    `ingest=False` leaves the receiver out (`otel-workflow ui`, over a read-only store); `ui=False`
+    the pages. With `token`, every route but `/healthz`, `/login` and `/static/` needs it (see
+    `security.TokenAuth`). With `loopback_only` (what `serve()` and `Collector` set when bound to a
+    loopback address), requests must be addressed to a loopback name, which keeps web pages from
+    reading it through DNS rebinding. Every answer carries the headers of `security.SecurityHeaders`.
     The caller owns the store (and closes it). Serve the app with `Collector`
     (a background thread) or `serve()`; any ASGI server runs it, but only
     uvicorn's `limit_concurrency` bounds connections as `serve()` does.
     """
     limits = limits or ReceiverLimits()
-    receiver = Receiver(store, limits)
-    api = ReadApi(store, limits, receiver)
-    app = Starlette(routes=[*receiver.routes(), *api.routes()], exception_handlers={BadRequest: bad_request})
-    app.state.receiver = receiver
-    guarded: ASGIApp = BearerAuth(app, token) if token else app
-    return LoopbackHosts(guarded) if loopback_only else guarded
+    routes = []
+    status: Callable[[], dict[str, Any]] = functools.partial(_reader_status, store)
+    if ingest:
+        receiver = Receiver(store, limits)
+        routes += receiver.routes()
+        status = receiver.status
+    routes += ReadApi(store, limits, status).routes()
+    pages = UiPages(token) if ui else None
+    if pages is not None:
+        routes += pages.routes()
+    app: ASGIApp = Starlette(routes=routes, exception_handlers={BadRequest: bad_request})
+    if token:
+        app = TokenAuth(app, token, pages.login_answer if pages is not None else None)
+    if loopback_only:
+        app = LoopbackHosts(app)
+    return SecurityHeaders(app)
+
+
+def _reader_status(store: TraceStore) -> dict[str, Any]:
+    """`/api/status` of a server that does not ingest."""
+    return {"database": store.path, "read_only": store.read_only, "ingest": False}
 
 
 # -- running ---------------------------------------------------------------------------------------
@@ -138,7 +161,8 @@ def _uvicorn_config(app: ASGIApp, limits: ReceiverLimits, log_level: str, consol
 class Collector:
     """The receiver and read API serving `store` from a background thread (tests, embedding).
 
-    `Collector(store, port=0).start()` binds a free port (see `.url`); `stop()`
+    `Collector(store, port=0).start()` binds a free port (see `.url`); `ingest=False` serves the read
+    API and the pages only (what `otel-workflow ui` serves, over a read-only store); `stop()`
     shuts the server down gracefully. The store stays open: its owner closes it.
     Use as a context manager to start and stop.
     """
@@ -152,11 +176,14 @@ class Collector:
         token: str | None = None,
         limits: ReceiverLimits | None = None,
         log_level: str = "warning",
+        ingest: bool = True,
     ) -> None:
         self.store = store
         self.limits = limits or ReceiverLimits()
         check_exposure(host, token)
-        self.app = create_app(store, token=token, limits=self.limits, loopback_only=is_loopback(host))
+        self.app = create_app(
+            store, token=token, limits=self.limits, loopback_only=is_loopback(host), ingest=ingest
+        )
         self._socket = _bind(host, port)
         self.url = _url(self._socket)
         self.port: int = self._socket.getsockname()[1]
@@ -203,39 +230,46 @@ def serve(
     limits: ReceiverLimits | None = None,
     log_level: str = "info",
     on_ready: Callable[[str], None] | None = None,
+    ingest: bool = True,
 ) -> None:
-    """Run the collector until SIGINT or SIGTERM: OTLP/HTTP in, DuckDB at `db_path` out, read API over it.
+    """Run the server until SIGINT or SIGTERM: OTLP/HTTP into DuckDB at `db_path`, read API and UI over it.
 
     `db_path` defaults to `$OTEL_WORKFLOW_DB` or `otel_workflow.duckdb`. Binds
     `host:port` (127.0.0.1:4318; port 0 picks a free one); `on_ready(url)` is
     called once the port listens (by default a line on stderr says where).
-    On exit, what is queued is written and the database released.
+    With `ingest=False` (`otel-workflow ui`) there is no receiver and the database is opened
+    read-only, beside the application writing it. On exit, what is queued is written and the
+    database released.
     """
     limits = limits or ReceiverLimits()
-    store = TraceStore(
-        db_path or default_db_path(),
-        max_queued_spans=limits.max_queued_spans,
-        sql_limits=readonly.SqlLimits(timeout_s=limits.sql_timeout_s, memory_limit=limits.sql_memory_limit),
+    sql_limits = readonly.SqlLimits(timeout_s=limits.sql_timeout_s, memory_limit=limits.sql_memory_limit)
+    path = db_path or default_db_path()
+    store = (
+        TraceStore(path, max_queued_spans=limits.max_queued_spans, sql_limits=sql_limits)
+        if ingest
+        else TraceStore(path, read_only=True, sql_limits=sql_limits)
     )
     try:
         check_exposure(host, token)
         sock = _bind(host, port)
         with contextlib.closing(sock), _sigterm_as_exit():
-            server = uvicorn.Server(
-                _uvicorn_config(
-                    create_app(store, token=token, limits=limits, loopback_only=is_loopback(host)),
-                    limits,
-                    log_level,
-                    console=True,
-                )
+            app = create_app(
+                store, token=token, limits=limits, loopback_only=is_loopback(host), ingest=ingest
             )
+            server = uvicorn.Server(_uvicorn_config(app, limits, log_level, console=True))
             url = _url(sock)
             if on_ready is not None:
                 on_ready(url)
+            elif ingest:
+                print(
+                    f"otel-workflow collector: OTLP/HTTP at {url}/v1/traces, web UI at {url}/, "
+                    f"read API at {url}/api, database {store.path}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             else:
                 print(
-                    f"otel-workflow collector: OTLP/HTTP at {url}/v1/traces, read API at {url}/api, "
-                    f"database {store.path}",
+                    f"otel-workflow ui: {url}/ (database {store.path}, read-only)",
                     file=sys.stderr,
                     flush=True,
                 )
