@@ -51,8 +51,9 @@ def imports_of(name: str, path: Path, modules: set[str]) -> set[str]:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, base] if base else anchor)
             targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
-        for target in targets:
+        for imported in targets:
             # `import a.b.c` loads a, a.b and a.b.c; keep the deepest that is one of ours.
+            target = imported
             while target and target not in modules:
                 target = target.rpartition(".")[0]
             if target and target != name:

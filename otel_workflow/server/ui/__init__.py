@@ -1,0 +1,1 @@
+"""The web UI: its pages and static files (`pages`), served by `server.app` beside the read API."""
