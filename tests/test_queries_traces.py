@@ -20,6 +20,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from otel_workflow import TraceStore
 from otel_workflow.model.errors import SpanNotFound, TraceNotFound
+from otel_workflow.query.logs import list_logs
 from otel_workflow.query.stats import MAX_SERIES_BUCKETS, series_bucket_width
 from otel_workflow.storage.schema import ensure_schema
 
@@ -291,3 +292,23 @@ def test_the_logs_of_an_execution_are_those_of_its_time_window(traced: Traced) -
     messages = [row.message for row in traced.store.logs(run.execution_id)]
     assert "in time" in messages and "an hour later" not in messages
     assert "an hour later" in [row.message for row in traced.store.logs()]
+
+
+def test_the_logs_of_an_execution_read_through_its_window_equal_the_views_rows(traced: Traced) -> None:
+    wf = traced.wf
+    for attempt in range(3):
+        with contextlib.suppress(RuntimeError), wf.execution(trigger_type="cron"):
+            with wf.step("fetch"):
+                otel_trace.get_current_span().add_event("fetched", {"level": "warning", "rows": attempt})
+            with wf.step("charge"):
+                if attempt == 1:
+                    raise RuntimeError("declined")
+    with wf.execution(trigger_type="cron") as running, wf.step("slow"):
+        otel_trace.get_current_span().add_event("waiting")
+        traced.sync()
+        ids = [row.id for row in traced.store.executions()]
+        assert running.execution_id in ids and len(ids) == 4
+        with traced.store.connection() as connection:
+            for execution_id in ids:
+                # Without a window, list_logs reads the execution_logs view as it is.
+                assert traced.store.logs(execution_id) == list_logs(connection, execution_id), execution_id

@@ -11,6 +11,7 @@ import duckdb
 
 from otel_workflow.model.records import LogRow, TimeArg
 from otel_workflow.query.timeparse import time_window
+from otel_workflow.storage.schema import execution_logs_select
 
 
 def list_logs(
@@ -27,10 +28,17 @@ def list_logs(
     """Log rows in time order; at equal times a start comes before the events and the end of its span.
 
     `step_id` keeps the rows of one step (the step span's id): its start, its events and its end.
-    `within` bounds the row time as well (an execution's window: DuckDB then reads only the row groups
-    of that time instead of every stored id).
+    `within` bounds the row time as well, and with `execution_id` it is the execution's window: its
+    events are then those of its spans that started in it (as its waterfall's), and DuckDB reads the row
+    groups of that time instead of every stored span (at 10M spans: 110 -> 40 ms, benchmarks/queries.py).
     """
-    where, params = time_window("created_at", since, until)
+    source, params = "execution_logs", []
+    if within is not None and execution_id is not None:
+        spans = "(SELECT * FROM spans WHERE execution_id = ? AND start_time BETWEEN ? AND ?)"
+        source, params = f"({execution_logs_select(spans)})", [execution_id, *within]
+    conditions, window_params = time_window("created_at", since, until)
+    where = list(conditions)
+    params.extend(window_params)
     if within is not None:
         where.append("created_at BETWEEN ? AND ?")
         params.extend(within)
@@ -51,7 +59,7 @@ def list_logs(
         params.append(limit)
     rows = connection.execute(
         "SELECT id, workflow_id, execution_id, step_id, level, message, module_name, fields::VARCHAR, "
-        f"created_at FROM execution_logs {clause} "
+        f"created_at FROM {source} {clause} "
         "ORDER BY created_at, CASE WHEN ends_with(id, ':start') THEN 0 WHEN ends_with(id, ':end') THEN 2 "
         f"ELSE 1 END, id{paging}",
         params,

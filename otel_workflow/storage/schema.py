@@ -97,73 +97,15 @@ WHERE workflow_role = 'step'
 
 _INTERRUPTED: Final = "'interrupted: the process shut down before this span ended'"
 
-_VIEWS: Final = f"""
--- `workflow_executions` is the union of the two halves below. A "newest N" query over the union cannot use
--- DuckDB's late materialisation and read every column of every matching row (60 ms for the newest 50
--- failed of 830k executions); over each half it reads the sort key only (5 ms), so the read API asks each
--- half for its newest N and merges them (queries.list_executions).
-CREATE OR REPLACE VIEW ended_executions AS
-SELECT id, workflow_id, trigger_type, status, triggered_by, started_at, completed_at, duration_ms,
-       error_message,
-       json_object('config_version', config_version,
-                   'explicit_trace', coalesce(capture_io, false),
-                   'capture_io', coalesce(capture_io, false)) AS metadata,
-       trace_id, span_id, service_name, NULL::VARCHAR AS current_step, trigger_data
-FROM executions;
 
-CREATE OR REPLACE VIEW running_executions AS
-SELECT r.execution_id AS id,
-       r.workflow_id,
-       r.trigger_type,
-       CASE WHEN r.interrupted_at IS NULL THEN 'running' ELSE 'failed' END AS status,
-       r.triggered_by,
-       r.start_time AS started_at,
-       NULL::TIMESTAMPTZ AS completed_at,
-       NULL::DOUBLE AS duration_ms,
-       CASE WHEN r.interrupted_at IS NOT NULL THEN {_INTERRUPTED} END AS error_message,
-       json_object('config_version', r.config_version,
-                   'explicit_trace', coalesce(r.capture_io, false),
-                   'capture_io', coalesce(r.capture_io, false)) AS metadata,
-       r.trace_id, r.span_id, r.service_name, cur.step_name AS current_step, NULL::JSON AS trigger_data
-FROM running_spans r
-LEFT JOIN (
-    -- The step a running execution is on: its latest-started step that is still running.
-    SELECT execution_id, arg_max(step_name, step_sequence) AS step_name
-    FROM running_spans
-    WHERE workflow_role = 'step' AND interrupted_at IS NULL
-    GROUP BY execution_id
-) cur ON r.interrupted_at IS NULL AND cur.execution_id = r.execution_id
-WHERE r.workflow_role = 'execution';
+def execution_logs_select(spans: str) -> str:
+    """The SELECT of the `execution_logs` view, its span events read from the relation `spans`.
 
-CREATE OR REPLACE VIEW workflow_executions AS
-SELECT * FROM ended_executions
-UNION ALL
-SELECT * FROM running_executions;
-
-CREATE OR REPLACE VIEW execution_steps AS
-SELECT id, execution_id, step_name, step_type, status, sequence_num, parent_step_id, started_at,
-       completed_at, duration_ms, error_message, input_data, output_data, workflow_id, trace_id, service_name
-FROM steps
-UNION ALL
-SELECT span_id, execution_id, step_name, step_type,
-       CASE WHEN interrupted_at IS NULL THEN 'running' ELSE 'failed' END,
-       step_sequence, parent_step_id, start_time, NULL::TIMESTAMPTZ, NULL::DOUBLE,
-       CASE WHEN interrupted_at IS NOT NULL THEN {_INTERRUPTED} END,
-       NULL::JSON, NULL::JSON, workflow_id, trace_id, service_name
-FROM running_spans
-WHERE workflow_role = 'step';
-
--- Executions and steps as one relation, for the start and end rows of `execution_logs`.
-CREATE OR REPLACE VIEW workflow_spans AS
-SELECT span_id, trace_id, 'execution' AS workflow_role, id AS execution_id, workflow_id,
-       NULL::VARCHAR AS step_name, status, error_message, started_at, completed_at, duration_ms
-FROM workflow_executions
-UNION ALL
-SELECT id, trace_id, 'step', execution_id, workflow_id, step_name, status, error_message, started_at,
-       completed_at, duration_ms
-FROM execution_steps;
-
-CREATE OR REPLACE VIEW execution_logs AS
+    The view reads `spans`; the read side gives one execution's spans within its time window (a
+    subquery), which DuckDB cannot derive from a filter on the view: the join of every event to its
+    span then reads a few row groups instead of every stored span.
+    """
+    return f"""
 SELECT span_id || ':start' AS id,
        workflow_id,
        execution_id,
@@ -231,8 +173,79 @@ SELECT ev.span_id || ':' || ev.event_index,
             ELSE ev.attributes END,
        ev.timestamp
 FROM span_events ev
-JOIN spans s ON s.trace_id = ev.trace_id AND s.span_id = ev.span_id
-WHERE s.workflow_role IS NOT NULL AND s.execution_id IS NOT NULL;
+JOIN {spans} s ON s.trace_id = ev.trace_id AND s.span_id = ev.span_id
+WHERE s.workflow_role IS NOT NULL AND s.execution_id IS NOT NULL
+"""
+
+
+_VIEWS: Final = f"""
+-- `workflow_executions` is the union of the two halves below. A "newest N" query over the union cannot use
+-- DuckDB's late materialisation and read every column of every matching row (60 ms for the newest 50
+-- failed of 830k executions); over each half it reads the sort key only (5 ms), so the read API asks each
+-- half for its newest N and merges them (queries.list_executions).
+CREATE OR REPLACE VIEW ended_executions AS
+SELECT id, workflow_id, trigger_type, status, triggered_by, started_at, completed_at, duration_ms,
+       error_message,
+       json_object('config_version', config_version,
+                   'explicit_trace', coalesce(capture_io, false),
+                   'capture_io', coalesce(capture_io, false)) AS metadata,
+       trace_id, span_id, service_name, NULL::VARCHAR AS current_step, trigger_data
+FROM executions;
+
+CREATE OR REPLACE VIEW running_executions AS
+SELECT r.execution_id AS id,
+       r.workflow_id,
+       r.trigger_type,
+       CASE WHEN r.interrupted_at IS NULL THEN 'running' ELSE 'failed' END AS status,
+       r.triggered_by,
+       r.start_time AS started_at,
+       NULL::TIMESTAMPTZ AS completed_at,
+       NULL::DOUBLE AS duration_ms,
+       CASE WHEN r.interrupted_at IS NOT NULL THEN {_INTERRUPTED} END AS error_message,
+       json_object('config_version', r.config_version,
+                   'explicit_trace', coalesce(r.capture_io, false),
+                   'capture_io', coalesce(r.capture_io, false)) AS metadata,
+       r.trace_id, r.span_id, r.service_name, cur.step_name AS current_step, NULL::JSON AS trigger_data
+FROM running_spans r
+LEFT JOIN (
+    -- The step a running execution is on: its latest-started step that is still running.
+    SELECT execution_id, arg_max(step_name, step_sequence) AS step_name
+    FROM running_spans
+    WHERE workflow_role = 'step' AND interrupted_at IS NULL
+    GROUP BY execution_id
+) cur ON r.interrupted_at IS NULL AND cur.execution_id = r.execution_id
+WHERE r.workflow_role = 'execution';
+
+CREATE OR REPLACE VIEW workflow_executions AS
+SELECT * FROM ended_executions
+UNION ALL
+SELECT * FROM running_executions;
+
+CREATE OR REPLACE VIEW execution_steps AS
+SELECT id, execution_id, step_name, step_type, status, sequence_num, parent_step_id, started_at,
+       completed_at, duration_ms, error_message, input_data, output_data, workflow_id, trace_id, service_name
+FROM steps
+UNION ALL
+SELECT span_id, execution_id, step_name, step_type,
+       CASE WHEN interrupted_at IS NULL THEN 'running' ELSE 'failed' END,
+       step_sequence, parent_step_id, start_time, NULL::TIMESTAMPTZ, NULL::DOUBLE,
+       CASE WHEN interrupted_at IS NOT NULL THEN {_INTERRUPTED} END,
+       NULL::JSON, NULL::JSON, workflow_id, trace_id, service_name
+FROM running_spans
+WHERE workflow_role = 'step';
+
+-- Executions and steps as one relation, for the start and end rows of `execution_logs`.
+CREATE OR REPLACE VIEW workflow_spans AS
+SELECT span_id, trace_id, 'execution' AS workflow_role, id AS execution_id, workflow_id,
+       NULL::VARCHAR AS step_name, status, error_message, started_at, completed_at, duration_ms
+FROM workflow_executions
+UNION ALL
+SELECT id, trace_id, 'step', execution_id, workflow_id, step_name, status, error_message, started_at,
+       completed_at, duration_ms
+FROM execution_steps;
+
+CREATE OR REPLACE VIEW execution_logs AS
+{execution_logs_select("spans")};
 """
 
 
