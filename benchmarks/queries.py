@@ -23,26 +23,45 @@ notebook keeps it; the CLI opens one per command) after one warm-up; the median 
 - waterfall: one execution with its steps and all spans of its trace (`get_execution`, `show`);
 - step quantiles: count, failure rate, p50/p95/p99/max per step over all data (`step_stats`, `stats`);
 - failure rate per hour over all executions (the `failure_rate_over_time()` macro);
+- trace: any trace by id as a waterfall (`get_trace`, the `/traces/{id}` page); span: one span in
+  full with its events and links (`get_span`, the span panel); change cursor (`change_cursor`, what
+  the run list polls every second); series: p50/p95/p99 and failures per bucket over one hour and
+  over all data (`step_series`, the `/stats` charts); tables: the tables and columns (the SQL console);
 and the database size per million spans.
-Targets at 10M spans: executions < 20 ms, waterfall < 10 ms, quantiles < 1 s; <= 100 bytes/span.
+
+Then the web UI's answers as a browser gets them: over HTTP on 127.0.0.1 from the real server (uvicorn,
+the application of `otel-workflow ui` over a read-only `TraceStore`), so routing, the worker thread,
+the store's connection per request and JSON encoding count:
+- the run list: `GET /api/executions` (the newest 50) and `GET /api/changes` (polled every second);
+- a run's page: `GET /api/executions/{id}` (header, steps, waterfall) and `GET /api/executions/{id}/logs`.
+Targets at 10M spans: executions < 20 ms, waterfall < 10 ms, quantiles < 1 s; <= 100 bytes/span;
+each of those answers < 100 ms.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from importlib.metadata import version
 from pathlib import Path
 
 import duckdb
+import httpx
 
+from otel_workflow import TraceStore
 from otel_workflow.model.records import ExecutionFilter
+from otel_workflow.query import changes as changes_query
 from otel_workflow.query import executions as executions_query
 from otel_workflow.query import stats as stats_query
+from otel_workflow.query import tables as tables_query
+from otel_workflow.query import traces as traces_query
+from otel_workflow.server.app import Collector
 from otel_workflow.storage.schema import ensure_schema, rebuild_derived
 
 STEPS = ("validate", "enrich", "price", "reserve", "charge", "invoice", "pack", "ship", "notify", "archive")
@@ -177,6 +196,41 @@ def measure(path: Path, spans: int, repeat: int) -> None:
         def failure_rate() -> object:
             return connection.execute("SELECT * FROM failure_rate_over_time()").fetchall()
 
+        step_span = connection.execute(
+            "SELECT span_id FROM spans WHERE trace_id = ? AND workflow_role = 'step' LIMIT 1", [trace_id]
+        ).fetchone()
+        assert step_span is not None
+        window = connection.execute("SELECT min(started_at), max(started_at) FROM steps").fetchone()
+        assert window is not None
+        first_start, last_start = window
+
+        def trace() -> object:
+            lines = traces_query.get_trace(connection, trace_id)
+            assert len(lines) == SPANS_PER_EXECUTION
+            return lines
+
+        def span() -> object:
+            detail = traces_query.get_span(connection, trace_id, step_span[0])
+            assert len(detail.events) == 1
+            return detail
+
+        def cursor() -> object:
+            return changes_query.change_cursor(connection)
+
+        def series_hour() -> object:
+            until = last_start + timedelta(seconds=1)
+            return stats_query.step_series(connection, since=until - timedelta(hours=1), until=until)
+
+        def series_all() -> object:
+            answer = stats_query.step_series(
+                connection, since=first_start, until=last_start + timedelta(seconds=1), buckets=60
+            )
+            assert sum(bucket.count for bucket in answer.series) == count // SPANS_PER_EXECUTION * 10
+            return answer
+
+        def tables() -> object:
+            return tables_query.list_tables(connection)
+
         figures = {
             name: timed(fn, repeat)
             for name, fn in (
@@ -184,14 +238,43 @@ def measure(path: Path, spans: int, repeat: int) -> None:
                 ("waterfall", waterfall),
                 ("step quantiles", quantiles),
                 ("failure rate/hour", failure_rate),
+                ("trace", trace),
+                ("span", span),
+                ("change cursor", cursor),
+                ("series, last hour", series_hour),
+                ("series, all data", series_all),
+                ("tables", tables),
             )
         }
+    figures.update(served(path, execution_id, repeat))
     print(
         f"\n{count:,} spans (generated in {generated_s:.0f} s), file {size / 1e6:.0f} MB = "
         f"{size / count:.0f} bytes/span, {size / count * 1e6 / 1e6:.0f} MB per million spans"
     )
     for name, ms in figures.items():
-        print(f"  {name:<20}{ms:>10.1f} ms")
+        print(f"  {name:<30}{ms:>10.1f} ms")
+
+
+def served(path: Path, execution_id: str, repeat: int) -> dict[str, float]:
+    """The answers of the run list and of a run page over HTTP, as `otel-workflow ui` serves them."""
+    with (
+        TraceStore(path, read_only=True) as store,
+        Collector(store, port=0, ingest=False) as server,
+        httpx.Client(base_url=server.url, timeout=60) as client,
+    ):
+
+        def get(url: str) -> object:
+            answer = client.get(url)
+            assert answer.status_code == 200, (url, answer.status_code, answer.text[:200])
+            return answer.content
+
+        routes = {
+            "GET /api/executions": "/api/executions?limit=50",
+            "GET /api/changes": "/api/changes",
+            "GET /api/executions/{id}": f"/api/executions/{execution_id}",
+            "GET /api/executions/{id}/logs": f"/api/executions/{execution_id}/logs",
+        }
+        return {name: timed(functools.partial(get, url), repeat) for name, url in routes.items()}
 
 
 def main() -> None:
