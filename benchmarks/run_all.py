@@ -54,6 +54,7 @@ BENCHMARKS = (
     # queries.py looks up the 101st failed execution: 120,000 spans hold about 200.
     Benchmark("queries", (), ("--spans", "120000", "--repeat", "1")),
     Benchmark("memory", ("--spans", "100000"), ("--spans", "2200", "--big", "120000", "--more", "2200")),
+    Benchmark("logs", (), ("--records", "2000", "--repeat", "1")),
 )
 
 

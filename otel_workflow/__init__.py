@@ -28,6 +28,7 @@ from otel_workflow.model.records import (
 )
 from otel_workflow.query.readonly import SqlLimits
 from otel_workflow.sdk.exporter import DuckDBSpanExporter
+from otel_workflow.sdk.logs import DuckDBLogExporter, DuckDBLogRecordProcessor, WorkflowLogHandler
 from otel_workflow.sdk.processor import WorkflowSpanProcessor
 from otel_workflow.sdk.setup import WorkflowTelemetry, configure
 from otel_workflow.storage.store import TraceStore
@@ -35,6 +36,8 @@ from otel_workflow.storage.store import TraceStore
 __all__ = [
     "AmbiguousExecutionId",
     "CapturePolicy",
+    "DuckDBLogExporter",
+    "DuckDBLogRecordProcessor",
     "DuckDBSpanExporter",
     "Execution",
     "ExecutionDetail",
@@ -51,6 +54,7 @@ __all__ = [
     "StepStats",
     "StoreError",
     "TraceStore",
+    "WorkflowLogHandler",
     "WorkflowSpanProcessor",
     "WorkflowStats",
     "WorkflowTelemetry",

@@ -30,6 +30,7 @@ from otel_workflow.ingest import columns, convert
 from otel_workflow.ingest.columns import (
     EVENTS_SCHEMA,
     LINKS_SCHEMA,
+    LOG_RECORDS,
     RUNNING_COLUMNS,
     RUNNING_SPANS,
     SPAN_EVENTS,
@@ -47,6 +48,8 @@ from otel_workflow.storage.store import TraceStore
 from otel_workflow.storage.write import SpanWriteSink
 
 TABLES = (SPANS, SPAN_EVENTS, SPAN_LINKS, RUNNING_SPANS)
+# Every table made from the column table: those above and `log_records` (no converter of spans makes it).
+ALL_TABLES = (*TABLES, LOG_RECORDS)
 JSON_COLUMNS = {column.name for table in TABLES for column in table.columns if column.duckdb_type == "JSON"}
 
 
@@ -108,7 +111,7 @@ def real_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[duckdb.DuckD
         connection.close()
 
 
-@pytest.mark.parametrize("table", TABLES, ids=lambda table: table.name)
+@pytest.mark.parametrize("table", ALL_TABLES, ids=lambda table: table.name)
 def test_the_tables_of_a_real_file_are_the_column_table(
     real_file: duckdb.DuckDBPyConnection, table: Table
 ) -> None:
@@ -194,15 +197,40 @@ VERSION_1: dict[str, list[tuple[str, str, bool]]] = {
 }
 
 
-@pytest.mark.parametrize("table", TABLES, ids=lambda table: table.name)
+# Version 2 adds `log_records`; the tables of version 1 are unchanged (the migration only makes new ones).
+VERSION_2: dict[str, list[tuple[str, str, bool]]] = {
+    **VERSION_1,
+    "log_records": [
+        ("id", "VARCHAR", True),
+        ("time", "TIMESTAMPTZ", True),
+        ("observed_time", "TIMESTAMPTZ", False),
+        ("trace_id", "VARCHAR", False),
+        ("span_id", "VARCHAR", False),
+        ("severity_number", "INTEGER", False),
+        ("severity_text", "VARCHAR", False),
+        ("body", "JSON", False),
+        ("attributes", "JSON", False),
+        ("event_name", "VARCHAR", False),
+        ("dropped_attributes", "INTEGER", False),
+        ("service_name", "VARCHAR", False),
+        ("resource_attributes", "JSON", False),
+        ("scope_name", "VARCHAR", False),
+        ("scope_version", "VARCHAR", False),
+    ],
+}
+LAYOUTS = {1: VERSION_1, 2: VERSION_2}
+
+
+@pytest.mark.parametrize("table", ALL_TABLES, ids=lambda table: table.name)
 def test_the_column_table_is_the_layout_of_its_schema_version(
     real_file: duckdb.DuckDBPyConnection, table: Table
 ) -> None:
-    assert SCHEMA_VERSION == 1, "a new schema version: add its layout here (and keep version 1's migration)"
+    assert SCHEMA_VERSION in LAYOUTS, "a new schema version: add its layout here (and keep the migrations)"
     layout = [(column.name, column.duckdb_type, column.not_null) for column in table.columns]
-    assert layout == VERSION_1[table.name]
+    assert layout == LAYOUTS[SCHEMA_VERSION][table.name]
     pinned = [
-        (name, duckdb_spelling(real_file, kind), not_null) for name, kind, not_null in VERSION_1[table.name]
+        (name, duckdb_spelling(real_file, kind), not_null)
+        for name, kind, not_null in LAYOUTS[SCHEMA_VERSION][table.name]
     ]
     assert described(real_file, table.name) == pinned
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import sys
+import time
 import webbrowser
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -42,7 +43,8 @@ from otel_workflow.cli.params import (
 from otel_workflow.export.files import FORMATS, export
 from otel_workflow.instrument.tracer import WorkflowTracer
 from otel_workflow.model.errors import StoreError
-from otel_workflow.model.records import ExecutionFilter
+from otel_workflow.model.jsonvalues import dumps
+from otel_workflow.model.records import ExecutionFilter, LogRow
 from otel_workflow.query import readonly
 from otel_workflow.query.executions import EXECUTION_STATUSES
 from otel_workflow.query.stats import STAT_SORTS
@@ -204,17 +206,76 @@ def show(execution_id: str, db_path: str, as_json: bool, with_io: bool) -> None:
     multiple=True,
     help="Only rows of this level: info, error, warning, ... (repeatable).",
 )
+@click.option("--step", "step_name", help="Only the rows of the steps of this name (every attempt).")
 @click.option("--limit", type=click.IntRange(1), help="At most this many rows.")
+@click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="Keep printing new rows while the execution runs (Ctrl+C stops); then exit.",
+)
 @friendly_errors
-def logs(execution_id: str, db_path: str, as_json: bool, levels: tuple[str, ...], limit: int | None) -> None:
-    """The log rows of one execution in time order (EXECUTION_ID may be a unique prefix)."""
+def logs(
+    *,
+    execution_id: str,
+    db_path: str,
+    as_json: bool,
+    levels: tuple[str, ...],
+    step_name: str | None,
+    limit: int | None,
+    follow: bool,
+) -> None:
+    """The log rows of one execution in time order (EXECUTION_ID may be a unique prefix): its steps'
+    starts and ends, span events, and the application's log records emitted inside it."""
     store = _open_reader(db_path)
     full_id = store.resolve_execution_id(execution_id)
-    rows = store.logs(full_id, level=levels or None, limit=limit)
+    rows = store.logs(full_id, level=levels or None, step_name=step_name, limit=limit)
+    if follow:
+        _follow_logs(store, full_id, rows, levels=levels, step_name=step_name, as_json=as_json)
+        return
     if as_json:
         render.echo_json(rows)
         return
     render.render_logs(render.console(), rows, title=f"Logs of execution {full_id}")
+
+
+# How often `logs --follow` reads again.
+_FOLLOW_INTERVAL_S = 1.0
+
+
+def _follow_logs(
+    store: TraceStore,
+    execution_id: str,
+    rows: list[LogRow],
+    *,
+    levels: tuple[str, ...],
+    step_name: str | None,
+    as_json: bool,
+) -> None:
+    """Print `rows`, then the new rows every second until the execution has ended (one line each)."""
+    console = render.console()
+    seen: set[str] = set()
+
+    def show(batch: list[LogRow]) -> None:
+        for row in batch:
+            if row.id in seen:
+                continue
+            seen.add(row.id)
+            if as_json:
+                click.echo(dumps(row).decode("utf-8"))
+            else:
+                render.render_log_line(console, row)
+
+    show(rows)
+    try:
+        while True:
+            running = store.execution(execution_id).status == "running"
+            show(store.logs(execution_id, level=levels or None, step_name=step_name))
+            if not running:
+                return
+            time.sleep(_FOLLOW_INTERVAL_S)
+    except KeyboardInterrupt:
+        return
 
 
 @main.command()

@@ -291,6 +291,15 @@ def render_logs(console: Console, rows: Sequence[LogRow], title: str) -> None:
     console.print(table)
 
 
+def render_log_line(console: Console, row: LogRow) -> None:
+    """One log row on one line (what `logs --follow` prints as rows come): time, level, step, message."""
+    line = Text(f"{time_text(row.created_at)}  ")
+    line.append(f"{row.level:<8}", style=_LEVEL_STYLE.get(row.level.lower(), ""))
+    line.append(f" {row.module_name or '-'}  ")
+    line.append_text(text(row.message))
+    console.print(line, soft_wrap=True)
+
+
 def _rate(value: float) -> Text:
     return Text(f"{value:.1%}", style="red" if value > 0 else "")
 

@@ -1,6 +1,6 @@
-"""The columns of the span tables, written once.
+"""The columns of the span and log tables, written once.
 
-`spans`, `span_events`, `span_links` and `running_spans` are made here, column by column: the
+`spans`, `span_events`, `span_links`, `running_spans` and `log_records` are made here, column by column: the
 DuckDB DDL (`storage.schema`), the Arrow schemas of converted rows (`ingest.convert`; the C
 converter's own list of its columns is checked against these when `ingest.convert` configures it,
 at import) and the live rows (`running_spans`: the columns of `spans` known when a span starts, then
@@ -163,6 +163,31 @@ WRITER_COLUMNS: Final = (
 
 RUNNING_SPANS: Final = Table("running_spans", (*_LIVE_COLUMNS, *WRITER_COLUMNS))
 
+# Log records, the OpenTelemetry logs signal (`ingest.logrows` makes the rows): the raw record, from
+# which `execution_logs` finds a record's execution and step through its span ids when it is read.
+# `id` is ours (a record has no id of its own): the key of its `execution_logs` row.
+LOG_RECORDS: Final = Table(
+    "log_records",
+    (
+        Column("id", "VARCHAR", not_null=True),
+        Column("time", "TIMESTAMPTZ", not_null=True),
+        Column("observed_time", "TIMESTAMPTZ"),
+        Column("trace_id", "VARCHAR"),
+        Column("span_id", "VARCHAR"),
+        Column("severity_number", "INTEGER"),
+        Column("severity_text", "VARCHAR"),
+        Column("body", "JSON"),
+        Column("attributes", "JSON"),
+        Column("event_name", "VARCHAR"),
+        Column("dropped_attributes", "INTEGER"),
+        Column("service_name", "VARCHAR"),
+        Column("resource_attributes", "JSON"),
+        Column("scope_name", "VARCHAR"),
+        Column("scope_version", "VARCHAR"),
+    ),
+)
+
 SPANS_SCHEMA: Final = SPANS.arrow_schema()
 EVENTS_SCHEMA: Final = SPAN_EVENTS.arrow_schema()
 LINKS_SCHEMA: Final = SPAN_LINKS.arrow_schema()
+LOG_RECORDS_SCHEMA: Final = LOG_RECORDS.arrow_schema()

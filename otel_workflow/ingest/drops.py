@@ -3,7 +3,8 @@
 Finished spans that are dropped are counted by reason; the count is logged at most once per
 interval, never once per span, and is also an OpenTelemetry metric (`otel_workflow.spans.dropped`,
 by database and reason). Live `running` rows that were not written are counted beside them: they
-only show progress, nothing is lost with them.
+only show progress, nothing is lost with them. Log records are counted and logged the same way, apart
+from spans.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ class DropReporter:
         self.total = 0
         self.by_reason: dict[str, int] = dict.fromkeys(REASONS, 0)
         self.live_rows = 0
+        self.logs_total = 0
+        self.logs_by_reason: dict[str, int] = dict.fromkeys(REASONS, 0)
+        self._logs_pending: dict[str, list[Any]] = {}
         self._unreported = 0
         self._pending: dict[str, list[Any]] = {}
         self._whole = 0
@@ -86,6 +90,19 @@ class DropReporter:
                 entry[1] = detail
         self.report_due()
 
+    def add_logs(self, count: int, reason: str, detail: str | None = None) -> None:
+        """`count` log records dropped (counted apart from spans, reported with them)."""
+        if count <= 0:
+            return
+        with self._lock:
+            self.logs_total += count
+            self.logs_by_reason[reason] = self.logs_by_reason.get(reason, 0) + count
+            entry = self._logs_pending.setdefault(reason, [0, detail])
+            entry[0] += count
+            if entry[1] is None:
+                entry[1] = detail
+        self.report_due()
+
     def add_live_rows(self, count: int) -> None:
         """Live `running` rows not written (they only show progress; nothing is lost with them)."""
         with self._lock:
@@ -95,32 +112,50 @@ class DropReporter:
     def report_due(self, force: bool = False) -> None:
         now = time.monotonic()
         with self._lock:
-            if not self._unreported:
+            if not self._unreported and not self._logs_pending:
                 return
             if not force and now - self._last_report < self._interval_s:
                 return
             count, pending, total = self._unreported, self._pending, self.total
             whole, incomplete, live = self._whole, self._incomplete, self._live_unreported
+            logs_pending, logs_total = self._logs_pending, self.logs_total
             self._unreported, self._pending, self._last_report = 0, {}, now
             self._whole = self._incomplete = self._live_unreported = 0
-        parts = []
-        for reason, (n, detail) in pending.items():
-            text = f"{n} {_REASON_TEXT.get(reason, reason)}"
-            if reason == QUEUE_FULL and (whole or incomplete):
-                text += f" ({whole} execution(s) dropped whole, {incomplete} left incomplete)"
-            if detail:
-                text += f" ({detail})"
-            parts.append(text)
+            self._logs_pending = {}
+        if logs_pending:
+            logger.warning(
+                "otel-workflow dropped %d log record(s): %s; %d dropped since start. "
+                "Further drops are reported at most every %gs.",
+                sum(n for n, _ in logs_pending.values()),
+                _reasons_text(logs_pending, 0, 0),
+                logs_total,
+                self._interval_s,
+            )
+        if not count:
+            return
+        text = _reasons_text(pending, whole, incomplete)
         if live:
-            parts.append(f"and {live} live 'running' row(s) not written")
+            text += f"; and {live} live 'running' row(s) not written"
         logger.warning(
             "otel-workflow dropped %d span(s): %s; %d dropped since start. "
             "Further drops are reported at most every %gs.",
             count,
-            "; ".join(parts),
+            text,
             total,
             self._interval_s,
         )
+
+
+def _reasons_text(pending: dict[str, list[Any]], whole: int, incomplete: int) -> str:
+    parts = []
+    for reason, (n, detail) in pending.items():
+        text = f"{n} {_REASON_TEXT.get(reason, reason)}"
+        if reason == QUEUE_FULL and (whole or incomplete):
+            text += f" ({whole} execution(s) dropped whole, {incomplete} left incomplete)"
+        if detail:
+            text += f" ({detail})"
+        parts.append(text)
+    return "; ".join(parts)
 
 
 def one_line(exc: BaseException) -> str:

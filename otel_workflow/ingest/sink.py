@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 from opentelemetry.sdk.trace import ReadableSpan
 
+from otel_workflow.ingest.logrows import LogRows
+
 
 class RetryLater(Exception):
     """The write could not happen now (file locked by another process) and may succeed later."""
@@ -45,8 +47,10 @@ class BatchSink(Protocol):
         final: bool,
         forget: Sequence[str],
         commit: Callable[[Callable[[], object]], None],
+        logs: Sequence[LogRows] = (),
     ) -> int:
-        """Store one batch (`convert`'s parts) in one transaction; return how many spans were rejected.
+        """Store one batch (`convert`'s parts, and log records) in one transaction; return how many
+        spans were rejected.
 
         `forget` names executions that were dropped: their live rows are to be deleted. The
         transaction's COMMIT must go through `commit(action)`, which raises `Abandoned` instead

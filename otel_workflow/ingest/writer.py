@@ -37,14 +37,15 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_workflow.ingest.admission import TRACKED_EXECUTIONS, Admission, Admitted
 from otel_workflow.ingest.convert import span_owners
-from otel_workflow.ingest.drops import REJECTED, SHUTDOWN, WRITE_FAILED, DropReporter, one_line
+from otel_workflow.ingest.drops import QUEUE_FULL, REJECTED, SHUTDOWN, WRITE_FAILED, DropReporter, one_line
 from otel_workflow.ingest.live import LiveRowGate
+from otel_workflow.ingest.logrows import LogRows, convert_sdk_records
 from otel_workflow.ingest.sink import Abandoned, BatchSink, FinishedSpans, RetryLater
 
 logger = logging.getLogger("otel_workflow")
@@ -59,28 +60,42 @@ class _Queue:
     running: list[weakref.ref[ReadableSpan]] = field(default_factory=list)
     # Spans in `finished`.
     spans: int = 0
+    logs: list[LogRows] = field(default_factory=list)
+    # Log records in `logs`.
+    log_records: int = 0
 
     def __len__(self) -> int:
-        return self.spans + len(self.running)
+        return self.spans + len(self.running) + self.log_records
 
     def add(self, parts: Sequence[FinishedSpans]) -> None:
         self.finished.extend(parts)
         self.spans += sum(part.count for part in parts)
 
+    def add_logs(self, rows: LogRows) -> None:
+        self.logs.append(rows)
+        self.log_records += rows.count
+
     def split(self, spans: int) -> tuple[_Queue, _Queue]:
-        """The first parts, up to about `spans` spans, with all live rows; and the rest."""
+        """The first parts, up to about `spans` spans, with all live rows and log records; and the rest."""
         taken = 0
         for index, part in enumerate(self.finished):
             if taken and taken + part.count > spans:
                 rest = _Queue()
                 rest.add(self.finished[index:])
-                return _Queue(self.finished[:index], self.running, taken), rest
+                first = _Queue(self.finished[:index], self.running, taken, self.logs, self.log_records)
+                return first, rest
             taken += part.count
         return self, _Queue()
 
     def then(self, later: _Queue) -> _Queue:
         """This queue's items in front of `later`'s."""
-        return _Queue(self.finished + later.finished, self.running + later.running, self.spans + later.spans)
+        return _Queue(
+            self.finished + later.finished,
+            self.running + later.running,
+            self.spans + later.spans,
+            self.logs + later.logs,
+            self.log_records + later.log_records,
+        )
 
 
 # How often an idle writer asks its sink whether to let go of what it keeps (a file others wait for).
@@ -102,6 +117,7 @@ class BackgroundWriter:
         sink: BatchSink,
         *,
         max_queued: int = 200_000,
+        max_queued_logs: int = 20_000,
         batch_size: int = 20_000,
         flush_interval_s: float = 0.5,
         name: str = "otel-workflow-writer",
@@ -111,6 +127,7 @@ class BackgroundWriter:
     ) -> None:
         self._sink = sink
         self._admission = Admission(max_queued)
+        self.max_queued_logs = max_queued_logs
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
         self._name = name
@@ -145,6 +162,9 @@ class BackgroundWriter:
         # how many, and how many were handed to it and came back converted since the start.
         self._to_convert: list[list[ReadableSpan]] = []
         self._converting = 0
+        # The SDK's log records waiting for the converter thread likewise, and how many.
+        self._logs_to_convert: list[Sequence[Any]] = []
+        self._converting_logs = 0
         self._convert_handed = 0
         self._convert_done = 0
         self._converter_running = False
@@ -178,17 +198,19 @@ class BackgroundWriter:
 
     @property
     def queued(self) -> int:
-        """Items accepted and not yet written or dropped."""
+        """Items accepted and not yet written or dropped (spans, live rows, log records)."""
         with self._condition:
-            return self._size()
+            return self._size() + self._queued_log_records()
 
     def _size(self) -> int:
         return self._queued_here() + self.live_rows.waiting() + self._converting
 
     def _queued_here(self) -> int:
-        """Items in the queue and in the cycle being written (not the started spans at the gate)."""
+        """Spans and live rows in the queue and in the cycle being written (not the started spans at the
+        gate, nor log records: they have a bound of their own)."""
         in_flight = self._in_flight
-        return len(self._queue) + (0 if in_flight is None else len(in_flight))
+        here = len(self._queue) + (0 if in_flight is None else len(in_flight))
+        return here - self._queued_log_records()
 
     def _collect_started(self) -> None:
         """With the condition's lock held: move the started spans into the queue (counted as submitted)."""
@@ -250,6 +272,55 @@ class BackgroundWriter:
         converted = self._queue_converted(accepted) if accepted else True
         return converted and admitted.dropped == 0
 
+    def submit_logs(self, rows: LogRows) -> bool:
+        """Queue converted log records; False (and counted) if they had to be dropped: at most
+        `max_queued_logs` records wait, apart from the spans' bound, so that a logging storm cannot
+        take the spans' place."""
+        if not rows.count:
+            return True
+        with self._condition:
+            if self._closed or self._closing:
+                reason, detail = SHUTDOWN, "submitted after shutdown"
+            elif self._queued_log_records() + rows.count > self.max_queued_logs:
+                reason, detail = QUEUE_FULL, None
+            else:
+                self._queue.add_logs(rows)
+                self._accepted(rows.count)
+                return True
+        self.drops.add_logs(rows.count, reason, detail)
+        return False
+
+    def submit_log_records(self, records: Sequence[Any]) -> bool:
+        """Queue the SDK's log records (the converter thread makes rows of them): the caller only takes
+        the lock and appends. Those past `max_queued_logs` are dropped and counted; False then."""
+        if not records:
+            return True
+        taken_here: Sequence[Any] = ()
+        with self._condition:
+            if self._closed or self._closing:
+                taken, reason, detail = 0, SHUTDOWN, "submitted after shutdown"
+            else:
+                taken = max(0, min(len(records), self.max_queued_logs - self._queued_log_records()))
+                reason, detail = QUEUE_FULL, None
+            if taken:
+                self._logs_to_convert.append(records if taken == len(records) else records[:taken])
+                self._converting_logs += taken
+                self._convert_handed += taken
+                if self._converter_running or self._start_converter():
+                    self._convert_ready.notify()
+                else:  # no thread can start (interpreter exit): converted here
+                    taken_here = self._logs_to_convert.pop()
+        if taken_here:
+            self._queue_converted_logs(taken_here)
+        self.drops.add_logs(len(records) - taken, reason, detail)
+        return taken == len(records)
+
+    def _queued_log_records(self) -> int:
+        """With the lock held: log records waiting, converted or not, and in the cycle being written."""
+        in_flight = self._in_flight
+        queued = self._queue.log_records + self._converting_logs
+        return queued + (0 if in_flight is None else in_flight.log_records)
+
     def _start_converter(self) -> bool:
         """With the lock held: start the converter thread; False if no thread can start."""
         thread = threading.Thread(target=self._convert_loop, name=f"{self._name}-convert", daemon=True)
@@ -272,16 +343,43 @@ class BackgroundWriter:
         """
         while True:
             with self._condition:
-                while not self._to_convert:
+                while not self._to_convert and not self._logs_to_convert:
                     if self._closed:
                         self._converter_running = False
                         return
                     self._convert_ready.wait()
                 pending, self._to_convert = self._to_convert, []
+                pending_logs, self._logs_to_convert = self._logs_to_convert, []
             spans = [span for accepted in pending for span in accepted]
             del pending
-            self._queue_converted(spans)
+            if spans:
+                self._queue_converted(spans)
             del spans  # the span objects go now, not when the next ones come
+            records = [record for accepted in pending_logs for record in accepted]
+            del pending_logs
+            if records:
+                self._queue_converted_logs(records)
+            del records
+
+    def _queue_converted_logs(self, records: Sequence[Any]) -> None:
+        """Make rows of the SDK's log records (outside the lock) and queue them; count what could not be."""
+        try:
+            rows, rejected = convert_sdk_records(records)
+        except Exception:  # a failure of ours never reaches the application
+            logger.debug("otel-workflow could not convert log records", exc_info=True)
+            rows, rejected = None, len(records)
+        lost = 0
+        with self._condition:
+            self._converting_logs -= len(records)
+            self._convert_done += len(records)
+            if self._closed or self._gave_up or self._abandoned:
+                lost = rows.count if rows is not None else 0
+            elif rows is not None and rows.count:
+                self._queue.add_logs(rows)
+                self._accepted(rows.count)
+            self._condition.notify_all()
+        self.drops.add_logs(rejected, REJECTED)
+        self.drops.add_logs(lost, SHUTDOWN, "submitted after shutdown")
 
     def _queue_converted(self, accepted: list[ReadableSpan]) -> bool:
         """Convert the accepted spans (outside the lock: the writer and producers go on) and queue them;
@@ -392,7 +490,7 @@ class BackgroundWriter:
             # The thread gives up by itself at the deadline; the grace lets it leave DuckDB first.
             thread.join(None if timeout_s is None else max(0.0, timeout_s) + _CLOSE_GRACE_S)
         stuck = thread is not None and thread.is_alive()
-        lost_spans = lost_running = 0
+        lost_spans = lost_running = lost_logs = 0
         # A commit in progress gets a moment to finish; should it hang (a stuck disk), the batch counts
         # as dropped even though the commit might still land.
         committing = self._commit_lock.acquire(timeout=1.0) if stuck else False
@@ -410,6 +508,7 @@ class BackgroundWriter:
                         if part is not None:
                             lost_spans += part.spans
                             lost_running += len(part.running)
+                            lost_logs += part.log_records
                     self._queue, self._in_flight = _Queue(), None
                     self._completed = self._submitted
                 elif self._queue.running:  # spans that started after the final write: no live row
@@ -421,6 +520,7 @@ class BackgroundWriter:
             if committing:
                 self._commit_lock.release()
         self.drops.add(lost_spans, SHUTDOWN, "not written before the shutdown timeout")
+        self.drops.add_logs(lost_logs, SHUTDOWN, "not written before the shutdown timeout")
         if lost_running:
             self.drops.add_live_rows(lost_running)
         self.drops.report_due(force=True)
@@ -458,7 +558,7 @@ class BackgroundWriter:
                 if self._abandoned or (self._parked and not self._closing) or self._closed:
                     return None
                 # Closing: the final write waits for spans being converted (they come with a notify).
-                closing = self._closing and not self._converting
+                closing = self._closing and not self._converting and not self._converting_logs
                 if self._queue or self.live_rows.waiting() or closing or self._flush_wanted or self._forget:
                     break
                 if not self._sink_keeps:
@@ -524,7 +624,12 @@ class BackgroundWriter:
                 return
             try:
                 rejected = self._sink.write(
-                    batch.finished, batch.running, final=closing, forget=forget, commit=self._commit
+                    batch.finished,
+                    batch.running,
+                    final=closing,
+                    forget=forget,
+                    commit=self._commit,
+                    logs=batch.logs,
                 )
             except RetryLater as exc:
                 if not self._retry_later(batch, forget, closing, backoff):
@@ -540,6 +645,7 @@ class BackgroundWriter:
                     self._failed(batch.finished, forget)
                 # Counted (and logged) before flush() can return: whoever waits sees the drop.
                 self.drops.add(batch.spans, WRITE_FAILED, one_line(exc))
+                self.drops.add_logs(batch.log_records, WRITE_FAILED, one_line(exc))
                 self.drops.add_live_rows(len(batch.running))
                 with self._condition:
                     self._done(batch)
@@ -558,7 +664,7 @@ class BackgroundWriter:
             self.drops.report_due()
             if closing:
                 with self._condition:
-                    if not self._queue and not self._converting:
+                    if not self._queue and not self._converting and not self._converting_logs:
                         return
 
     def _ask_sink(self, idle_s: float) -> None:
@@ -577,6 +683,7 @@ class BackgroundWriter:
             rest, self._queue = self._queue, _Queue()
             self._gave_up = True
         self.drops.add(batch.spans + rest.spans, SHUTDOWN, why)
+        self.drops.add_logs(batch.log_records + rest.log_records, SHUTDOWN, why)
         self.drops.add_live_rows(len(batch.running) + len(rest.running))
         with self._condition:
             self._done(batch)

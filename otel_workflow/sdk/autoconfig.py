@@ -12,6 +12,10 @@ Two entry points of the package do it:
   the SDK's configurator builds it (with no arguments) for each name in
   `OTEL_TRACES_EXPORTER` and puts it behind a `BatchSpanProcessor`. It stores
   into `$OTEL_WORKFLOW_DB` (default `otel_workflow.duckdb` in the working folder).
+- `opentelemetry_logs_exporter` / `workflow_duckdb` -> `WorkflowDuckDBLogExporter`
+  (`OTEL_LOGS_EXPORTER=workflow_duckdb`, with `OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED=true`
+  for the SDK's logging handler): log records into the same database, through the store of the
+  `workflow_duckdb` span exporter of the process when there is one.
 - `opentelemetry_post_instrument` / `otel_workflow` -> `post_instrument`:
   `opentelemetry-instrument` calls it once the provider and the exporters are
   set up. It adds `WorkflowSpanProcessor` to the global provider, so steps are
@@ -41,6 +45,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 
 from otel_workflow.model.errors import StoreError
 from otel_workflow.sdk.exporter import DuckDBSpanExporter
+from otel_workflow.sdk.logs import DuckDBLogExporter
 from otel_workflow.sdk.processor import WorkflowSpanProcessor
 from otel_workflow.sdk.setup import DB_ENV, default_db_path
 from otel_workflow.storage.store import TraceStore
@@ -50,6 +55,7 @@ __all__ = [
     "EXPORTER_NAME",
     "PROCESSOR_ENV",
     "WorkflowDuckDBExporter",
+    "WorkflowDuckDBLogExporter",
     "install_processor",
     "post_instrument",
 ]
@@ -108,6 +114,30 @@ class WorkflowDuckDBExporter(DuckDBSpanExporter):
         with _stores_lock:
             _stores[:] = [ref for ref in _stores if ref() not in (None, self.store)]
         super().shutdown(timeout_millis)
+
+
+class WorkflowDuckDBLogExporter(DuckDBLogExporter):
+    """`DuckDBLogExporter` configured from the environment: the `workflow_duckdb` logs exporter.
+
+    Built by the SDK with no arguments, after the span exporters: it writes through the store of this
+    process's `workflow_duckdb` span exporter when that one stores into the same file (one writer per
+    file and process), and opens `$OTEL_WORKFLOW_DB` itself otherwise. A database that cannot be
+    opened is logged once; the exporter then refuses its batches.
+    """
+
+    def __init__(self, db_path: str | os.PathLike[str] | None = None) -> None:
+        path = TraceStore.resolve_path(db_path if db_path is not None else default_db_path())
+        shared = _exporter_store()
+        self.error: StoreError | None = None
+        if shared is not None and shared.path == path:
+            super().__init__(shared)
+            return
+        try:
+            super().__init__(path)
+        except StoreError as exc:
+            self.error = exc
+            self._shutdown = True
+            logger.error("otel-workflow: the %s log exporter stores nothing: %s", EXPORTER_NAME, exc)
 
 
 def _exporter_store() -> TraceStore | None:

@@ -16,10 +16,11 @@ from typing import Final
 
 import duckdb
 
-from otel_workflow.ingest.columns import RUNNING_SPANS, SPAN_EVENTS, SPAN_LINKS, SPANS
+from otel_workflow.ingest.columns import LOG_RECORDS, RUNNING_SPANS, SPAN_EVENTS, SPAN_LINKS, SPANS
 from otel_workflow.storage.analytics import create_analytics
 
-SCHEMA_VERSION: Final = 1
+# 2: `log_records`, and `execution_logs` with its rows (a version 1 file gets both when a writer opens it).
+SCHEMA_VERSION: Final = 2
 
 VERSION_TABLE: Final = "otel_workflow_schema"
 
@@ -31,7 +32,9 @@ class SchemaVersionError(RuntimeError):
 # The raw tables and the live one, made from the column table. `running_spans` holds the execution and
 # step spans that have started and not yet ended: a row is deleted in the same transaction that stores
 # the ended span; a clean shutdown marks the rows of spans that never ended as interrupted.
-_TABLES: Final = ";\n".join(table.ddl() for table in (SPANS, SPAN_EVENTS, SPAN_LINKS, RUNNING_SPANS))
+_TABLES: Final = ";\n".join(
+    table.ddl() for table in (SPANS, SPAN_EVENTS, SPAN_LINKS, RUNNING_SPANS, LOG_RECORDS)
+)
 
 # Derived tables, filled at ingest from the same batch (in the same transaction) and rebuildable from
 # `spans` alone by `rebuild_derived`. Measured at 10M spans (benchmarks/queries.py), views that
@@ -99,7 +102,8 @@ _INTERRUPTED: Final = "'interrupted: the process shut down before this span ende
 
 
 def execution_logs_select(spans: str) -> str:
-    """The SELECT of the `execution_logs` view, its span events read from the relation `spans`.
+    """The SELECT of the `execution_logs` view, the spans of its events and log records read from the
+    relation `spans`.
 
     The view reads `spans`; the read side gives one execution's spans within its time window (a
     subquery), which DuckDB cannot derive from a filter on the view: the join of every event to its
@@ -175,6 +179,32 @@ SELECT ev.span_id || ':' || ev.event_index,
 FROM span_events ev
 JOIN {spans} s ON s.trace_id = ev.trace_id AND s.span_id = ev.span_id
 WHERE s.workflow_role IS NOT NULL AND s.execution_id IS NOT NULL
+UNION ALL
+-- Application log records emitted while an execution or step span was current (in this process, or by
+-- another service with the same ids): joined when read, so a record stored before its span still finds it.
+SELECT 'log:' || l.id,
+       s.workflow_id,
+       s.execution_id,
+       CASE WHEN s.workflow_role = 'step' THEN s.span_id END,
+       CASE WHEN l.severity_number IS NULL THEN coalesce(lower(l.severity_text), 'info')
+            WHEN l.severity_number <= 8 THEN 'debug'
+            WHEN l.severity_number <= 12 THEN 'info'
+            WHEN l.severity_number <= 16 THEN 'warning'
+            WHEN l.severity_number <= 20 THEN 'error'
+            ELSE 'critical' END,
+       CASE WHEN json_type(l.body) = 'VARCHAR' THEN l.body ->> '$' ELSE coalesce(l.body::VARCHAR, '') END,
+       s.step_name,
+       json_merge_patch(coalesce(l.attributes, '{{}}'),
+                        json_object('logger', l.scope_name, 'trace_id', l.trace_id, 'span_id', l.span_id)),
+       l.time
+FROM log_records l
+JOIN (
+    SELECT trace_id, span_id, workflow_role, execution_id, workflow_id, step_name
+    FROM {spans} WHERE workflow_role IS NOT NULL
+    UNION ALL
+    SELECT trace_id, span_id, workflow_role, execution_id, workflow_id, step_name FROM running_spans
+) s ON s.trace_id = l.trace_id AND s.span_id = l.span_id
+WHERE s.execution_id IS NOT NULL
 """
 
 
@@ -264,7 +294,11 @@ def rebuild_derived(connection: duckdb.DuckDBPyConnection) -> None:
 
 
 def ensure_schema(connection: duckdb.DuckDBPyConnection) -> None:
-    """Create the schema in an empty database, or check that an existing one is ours to write."""
+    """Create the schema in an empty database, or check that an existing one is ours to write.
+
+    A file of an older version is brought up to this one in one transaction: the tables it lacks are
+    made (`IF NOT EXISTS` leaves the others as they are) and the views and macros made anew; version 1 to
+    2 adds `log_records`. A file of a newer version is refused (`SchemaVersionError`)."""
     found = connection.execute(
         "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main'",
         [VERSION_TABLE],

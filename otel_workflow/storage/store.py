@@ -23,7 +23,9 @@ import pyarrow as pa
 from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_workflow.ingest.convert import SpanConverter, prepare_conversion
+from otel_workflow.ingest.drops import REJECTED
 from otel_workflow.ingest.live import LiveRowGate
+from otel_workflow.ingest.logrows import LogRows
 from otel_workflow.ingest.writer import BackgroundWriter
 from otel_workflow.model.errors import StoreError
 from otel_workflow.model.records import (
@@ -59,9 +61,11 @@ DEFAULT_DB_PATH = "otel_workflow.duckdb"
 # A queued span is a live SDK object of 2-3 KB: 50,000 of them bound the queue near 150 MB
 # (benchmarks/memory.py measured 525 MB of RSS with a 200,000 bound and a writer that could not keep up).
 DEFAULT_MAX_QUEUED_SPANS = 50_000
+# A queued log record is an Arrow row of a few hundred bytes: 20,000 bound them near 10 MB.
+DEFAULT_MAX_QUEUED_LOGS = 20_000
 _T = TypeVar("_T")
 
-__all__ = ["DEFAULT_DB_PATH", "TraceStore"]
+__all__ = ["DEFAULT_DB_PATH", "DEFAULT_MAX_QUEUED_LOGS", "DEFAULT_MAX_QUEUED_SPANS", "TraceStore"]
 
 
 class TraceStore:
@@ -72,8 +76,9 @@ class TraceStore:
     and `live_rows.submit` enqueue and return at once; `flush()` waits for the writer.
 
     `max_queued_spans` bounds the memory the write queue may use (see `ingest.admission` for
-    which spans go first when it is full); `lock_timeout_s` is how long opening
-    waits for another process's lock; `shutdown_timeout_s` bounds all shutdown
+    which spans go first when it is full); `max_queued_logs` bounds the log records waiting, apart
+    from spans; `lock_timeout_s` is how long opening waits for another process's lock;
+    `shutdown_timeout_s` bounds all shutdown
     steps together (`close`, the exporter's `shutdown`, the exit hook);
     `drop_log_interval_s` is how often, at most, drops are logged.
 
@@ -88,13 +93,14 @@ class TraceStore:
         *,
         read_only: bool = False,
         max_queued_spans: int = DEFAULT_MAX_QUEUED_SPANS,
+        max_queued_logs: int = DEFAULT_MAX_QUEUED_LOGS,
         flush_interval_s: float = 0.5,
         lock_timeout_s: float = 10.0,
         shutdown_timeout_s: float = 10.0,
         drop_log_interval_s: float = 60.0,
         sql_limits: readonly.SqlLimits | None = None,
     ) -> None:
-        self.path = MEMORY if str(path) == MEMORY else str(Path(path).expanduser().absolute())
+        self.path = self.resolve_path(path)
         self.read_only = read_only
         self.sql_limits = sql_limits or readonly.SqlLimits()
         self._closed = False
@@ -103,17 +109,24 @@ class TraceStore:
         self._writer = BackgroundWriter(
             sink,
             max_queued=max_queued_spans,
+            max_queued_logs=max_queued_logs,
             flush_interval_s=flush_interval_s,
             label=self.path,
             drop_log_interval_s=drop_log_interval_s,
             shutdown_timeout_s=shutdown_timeout_s,
         )
         sink.count_failed_live_rows = self._writer.drops.add_live_rows
+        sink.count_rejected_logs = functools.partial(self._writer.drops.add_logs, reason=REJECTED)
         if not read_only:
             if not sink.converter.native:
                 prepare_conversion()
             # Flush at exit without closing: the TracerProvider's exit hook may still export after this.
             atexit.register(_flush_at_exit, weakref.ref(self))
+
+    @staticmethod
+    def resolve_path(path: str | os.PathLike[str]) -> str:
+        """The `path` a store of `path` has: absolute, `~` expanded (`:memory:` as it is)."""
+        return MEMORY if str(path) == MEMORY else str(Path(path).expanduser().absolute())
 
     @contextmanager
     def connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -131,6 +144,32 @@ class TraceStore:
         if self.read_only:
             raise StoreError("this TraceStore was opened read-only")
         return self._writer.submit_spans(spans)
+
+    def submit_logs(self, rows: LogRows) -> bool:
+        """Queue converted log records (`ingest.logrows`) for writing. False (and counted) when they had
+        to be dropped: at most `max_queued_logs` wait, apart from the spans."""
+        if self.read_only:
+            raise StoreError("this TraceStore was opened read-only")
+        return self._writer.submit_logs(rows)
+
+    def submit_log_records(self, records: Sequence[Any]) -> bool:
+        """Queue the OpenTelemetry SDK's log records (`ReadableLogRecord`/`ReadWriteLogRecord`): the
+        caller only appends them; the writer's converter thread makes rows of them. False (and
+        counted) when some had to be dropped."""
+        if self.read_only:
+            raise StoreError("this TraceStore was opened read-only")
+        return self._writer.submit_log_records(records)
+
+    @property
+    def dropped_logs(self) -> int:
+        """Log records dropped since this store was opened (queue full, write failed, shutdown,
+        rejected); logged with the span drops, at most once per interval."""
+        return self._writer.drops.logs_total
+
+    @property
+    def dropped_logs_by_reason(self) -> dict[str, int]:
+        """`dropped_logs` by reason, as `dropped_by_reason`."""
+        return dict(self._writer.drops.logs_by_reason)
 
     @property
     def live_rows(self) -> LiveRowGate:
@@ -171,6 +210,11 @@ class TraceStore:
     def flush(self, timeout_s: float | None = 30.0) -> bool:
         """Wait until everything queued so far is written. False if the timeout passed first."""
         return self._writer.flush(timeout_s)
+
+    def shutdown_wait(self, timeout_s: float | None = None) -> float:
+        """How long a shutdown step may still wait: all steps together take at most
+        `shutdown_timeout_s`, counted from the first (`timeout_s`, if shorter, shortens it)."""
+        return self._writer.shutdown_wait(timeout_s)
 
     def close_writer(self, timeout_s: float | None = None) -> bool:
         """Write what is queued, mark spans that never ended as interrupted, stop the writer thread.
@@ -354,6 +398,7 @@ class TraceStore:
         *,
         level: str | Sequence[str] | None = None,
         step_id: str | None = None,
+        step_name: str | None = None,
         since: TimeArg = None,
         until: TimeArg = None,
         limit: int | None = None,
@@ -361,7 +406,8 @@ class TraceStore:
         """Log rows in time order: of one execution (id or unique prefix), or of all.
 
         `level` keeps only rows of that level or levels (`info`, `error`,
-        `warning`, `event`, ...); `step_id` those of one step (its span id);
+        `warning`, `event`, ...); `step_id` those of one step (its span id),
+        `step_name` those of the steps of that name;
         `since` / `until` bound the row time. The rows of one execution are those
         of its time window, widened by 5 minutes for clock skew, as its waterfall.
         """
@@ -375,6 +421,7 @@ class TraceStore:
                 found,
                 level=level,
                 step_id=step_id,
+                step_name=step_name,
                 since=since,
                 until=until,
                 limit=limit,

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_workflow.ingest.convert import ConvertedSpans, SpanBatch, SpanConverter, running_rows, tables_of
+from otel_workflow.ingest.logrows import LogRows
 from otel_workflow.ingest.sink import RetryLater
 from otel_workflow.model.errors import StoreBusy
 from otel_workflow.storage.connection import is_lock_conflict
@@ -45,14 +46,15 @@ _CONVERT_SLICE: Final = 4096
 class SpanWriteSink:
     """The writer's `BatchSink` for one database: conversion with `converter`, writes through `database`.
 
-    `count_failed_live_rows` is told how many live rows could not be converted (the writer's drop
-    counter, set once the writer exists).
+    `count_failed_live_rows` is told how many live rows could not be converted, `count_rejected_logs`
+    how many log records the database refused (the writer's drop counter, set once the writer exists).
     """
 
     def __init__(self, database: Database, converter: SpanConverter) -> None:
         self.database = database
         self.converter = converter
         self.count_failed_live_rows: Callable[[int], None] = lambda _count: None
+        self.count_rejected_logs: Callable[[int], None] = lambda _count: None
 
     def release(self) -> None:
         self.database.release_held()
@@ -79,17 +81,24 @@ class SpanWriteSink:
         final: bool,
         forget: Sequence[str],
         commit: Callable[[Callable[[], object]], None],
+        logs: Sequence[LogRows] = (),
     ) -> int:
-        """One transaction: live rows, finished spans, interrupted marks, dropped executions' live rows.
+        """One transaction: live rows, finished spans, log records, interrupted marks, dropped
+        executions' live rows.
 
         Returns how many spans were rejected. Should the database refuse the batch because of what
         some span holds (a constraint, a value out of range), the batch is halved until the span is
-        alone, so that it alone is rejected.
+        alone, so that it alone is rejected. Log records are then written on their own after the spans
+        (their rows are made to be storable: refused, they are counted as rejected).
         """
         try:
-            self._write_once(finished, running, final, forget, commit)
+            self._write_once(finished, running, final, forget, commit, logs=logs)
             return 0
         except _DATA_ERRORS:
+            if logs:
+                rejected = self.write(finished, running, final=final, forget=forget, commit=commit)
+                self._write_logs_alone(logs, commit)
+                return rejected
             if not finished:
                 raise
             logger.debug("otel-workflow: the database refused a batch; looking for the span", exc_info=True)
@@ -104,6 +113,15 @@ class SpanWriteSink:
         rejected = self.write(first, running, final=False, forget=forget, commit=commit)
         return rejected + self.write(rest, (), final=final, forget=(), commit=commit)
 
+    def _write_logs_alone(
+        self, logs: Sequence[LogRows], commit: Callable[[Callable[[], object]], None]
+    ) -> None:
+        try:
+            self._write_once((), (), False, (), commit, logs=logs)
+        except _DATA_ERRORS:
+            logger.debug("otel-workflow: the database refused a batch of log records", exc_info=True)
+            self.count_rejected_logs(sum(rows.count for rows in logs))
+
     def _write_once(
         self,
         finished: Sequence[ConvertedSpans],
@@ -111,10 +129,13 @@ class SpanWriteSink:
         final: bool,
         forget: Sequence[str],
         commit: Callable[[Callable[[], object]], None],
+        *,
+        logs: Sequence[LogRows] = (),
     ) -> None:
         batch = tables_of(finished) if finished else None
         live = self._running_rows(running)
-        if batch is None and live is None and not final and not forget:
+        log_rows = pa.concat_tables([rows.table for rows in logs]) if logs else None
+        if batch is None and live is None and log_rows is None and not final and not forget:
             return
         # The file was deleted while we ran: DuckDB makes a new, empty one, which needs the schema.
         database = self.database
@@ -137,9 +158,12 @@ class SpanWriteSink:
                         )
                     if batch is not None:
                         script += insert_finished(connection, batch)
+                    if log_rows is not None:
+                        connection.register("_log_batch", log_rows)
+                        script.append("INSERT INTO log_records SELECT * FROM _log_batch")
                     if script:
                         connection.execute(";\n".join(script))
-                    for name in ("_running_batch", *_BATCH_VIEWS):
+                    for name in ("_running_batch", "_log_batch", *_BATCH_VIEWS):
                         connection.unregister(name)
                     if forget:
                         # Executions the writer dropped: their live rows must not show them running forever.

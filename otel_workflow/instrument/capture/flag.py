@@ -285,6 +285,11 @@ def capture_policy() -> CapturePolicy:
     return _Current.installed.policy
 
 
+def capture_redactor() -> Redactor:
+    """The `Redactor` of the process-wide capture policy (log records are redacted by it too)."""
+    return _Current.installed.redactor
+
+
 def capture_limiter() -> CaptureRateLimiter:
     """The process-wide rate limiter of captured executions."""
     return _Current.installed.limiter

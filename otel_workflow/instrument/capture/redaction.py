@@ -14,7 +14,9 @@ Rules, in order:
    expression is searched in the key as it is. The defaults are
    `DEFAULT_SECRET_KEYS`.
 2. The user's field callback, `(key, value) -> bool`: True redacts the value.
-3. Card numbers anywhere: 13 to 19 digits, alone or in groups of three or more
+3. Credentials by their shape anywhere in text: `Bearer <token>` and `Basic <credentials>` (the
+   value after the scheme is replaced) and JSON Web Tokens.
+4. Card numbers anywhere: 13 to 19 digits, alone or in groups of three or more
    digits separated by single spaces or dashes, not part of a longer number or
    of a token glued to letters (an id, a UUID, a hash), that pass the Luhn
    check. In text the number itself is replaced; an integer that is one
@@ -76,6 +78,12 @@ FieldRedactor = Callable[[str, Any], bool]
 _SEPARATORS = re.compile(r"[\s_.\-]+")
 # A candidate: at least 13 digits, with at most one space or dash between two digits. Greedy, so each
 # match is a whole run; the windows inside it are checked in Python (`_card_spans`).
+# Credentials by their shape, whatever their key: an HTTP authorization value (`Bearer <token>`, `Basic
+# <base64>`) and a JSON Web Token (three base64url parts, the first a JSON object: `eyJ`).
+_SCHEME_TOKEN = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9\-._~+/]{8,}=*")
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
+_TOKEN_HINT = re.compile(r"(?i)bearer|basic|eyJ")
+_MIN_TOKEN = 14
 _DIGIT_RUN = re.compile(r"[0-9](?:[ -]?[0-9]){12,}")
 _GROUP = re.compile(r"[0-9]+")
 _MIN_CARD, _MAX_CARD = 13, 19
@@ -220,7 +228,10 @@ class Redactor:
             return True
 
     def scrub_text(self, text: str) -> str:
-        """`text` with every card number in it replaced by `REDACTED`."""
+        """`text` with credentials shaped like one (`Bearer <token>`, a JWT) and every card number in it
+        replaced by `REDACTED`."""
+        if len(text) >= _MIN_TOKEN and _TOKEN_HINT.search(text):
+            text = _JWT.sub(REDACTED, _SCHEME_TOKEN.sub(rf"\1 {REDACTED}", text))
         if not self.card_numbers or len(text) < _MIN_CARD:
             return text
         pieces: list[str] = []
