@@ -211,3 +211,61 @@ def test_opentelemetry_instrument_with_the_entry_point_stores_and_exports_withou
         assert stored.sql("SELECT count(*) FROM running_spans") == [(0,)]
         # The same spans went to the collector over OTLP: the same rows there.
         assert_same_rows(stored, collector.store, may_be_empty=["span_links"])
+
+
+LOGGING_APP = textwrap.dedent(
+    """
+    import json, logging
+    from opentelemetry import _logs
+    from otel_workflow import WorkflowTracer
+
+    # No setup code: opentelemetry-instrument made the logger provider and, through
+    # opentelemetry-instrumentation-logging, put its handler on the root logger.
+    wf = WorkflowTracer("zero-code-logs")
+    with wf.execution(trigger_type="cli") as run, wf.step("load"):
+        logging.getLogger("app").warning("loaded %d rows", 3, extra={"password": "hunter2"})
+    logging.getLogger("app").warning("outside any run")
+    _logs.get_logger_provider().force_flush()
+    print(json.dumps({"id": run.execution_id}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_opentelemetry_instrument_stores_log_records_through_the_logs_entry_point(tmp_path: Path) -> None:
+    assert entry_points(group="opentelemetry_logs_exporter", name="workflow_duckdb"), MISSING
+    app = tmp_path / "app.py"
+    app.write_text(LOGGING_APP)
+    database = tmp_path / "logs.duckdb"
+    env = {
+        **os.environ,
+        "OTEL_TRACES_EXPORTER": "workflow_duckdb",
+        "OTEL_LOGS_EXPORTER": "workflow_duckdb",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_SERVICE_NAME": "zero-code-logs",
+        "OTEL_WORKFLOW_DB": str(database),
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OTEL_BLRP_SCHEDULE_DELAY": "100",
+    }
+    done = subprocess.run(
+        [_launcher(), sys.executable, str(app)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    execution_id = json.loads(done.stdout.strip().splitlines()[-1])["id"]
+    stored = TraceStore(database, read_only=True)
+    # One store for both signals in the process: the log exporter shared the span exporter's.
+    rows = stored.sql(
+        "SELECT message, module_name, fields ->> 'password' FROM execution_logs "
+        "WHERE execution_id = ? AND id LIKE 'log:%'",
+        [execution_id],
+    )
+    assert rows == [("loaded 3 rows", "load", "[REDACTED]")], done.stderr
+    assert stored.sql("SELECT count(*), count(trace_id), min(service_name) FROM log_records") == [
+        (2, 1, "zero-code-logs")
+    ]

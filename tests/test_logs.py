@@ -13,7 +13,7 @@ import os
 import resource
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -25,14 +25,17 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest,
     ExportLogsServiceResponse,
 )
-from opentelemetry.sdk._logs import LoggerProvider, ReadWriteLogRecord
+from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor, ReadWriteLogRecord
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
 from otel_workflow import (
     DuckDBLogExporter,
     TraceStore,
     WorkflowLogHandler,
+    WorkflowSpanProcessor,
     WorkflowTelemetry,
     WorkflowTracer,
     configure,
@@ -429,3 +432,52 @@ def test_the_logs_command_shows_application_records_by_step(telemetry: WorkflowT
     assert followed.exit_code == 0, followed.output  # an ended execution: printed once, then done
     assert "disk almost full" in followed.output and "one row was late" in followed.output
     assert os.path.exists(db)
+
+
+def test_spans_and_log_records_written_in_one_transaction(tmp_path: Path) -> None:
+    # A long write interval: the spans and the records wait for the same write cycle.
+    store = TraceStore(tmp_path / "together.duckdb", flush_interval_s=5.0)
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(WorkflowSpanProcessor(store))
+    spans = _Spans()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    logs = LoggerProvider(shutdown_on_exit=False)
+    records = _Records()
+    logs.add_log_record_processor(records)
+    handler = WorkflowLogHandler(logger_provider=logs)
+    wf = WorkflowTracer("orders", tracer_provider=provider)
+    with wf.execution(trigger_type="cron") as run, wf.step("pack"):
+        handler.handle(logging.LogRecord("shop", logging.WARNING, __file__, 1, "packed", (), None))
+    try:
+        assert store.submit_spans(spans.finished) and store.submit_log_records(records.emitted)
+        assert store.flush(30)
+        assert (store.dropped_spans, store.dropped_logs) == (0, 0)
+        stored = [row.message for row in store.logs(run.execution_id) if row.id.startswith("log:")]
+        assert stored == ["packed"]
+    finally:
+        store.close()
+        provider.shutdown()
+        logs.shutdown()
+
+
+class _Spans(SpanExporter):
+    def __init__(self) -> None:
+        self.finished: list[ReadableSpan] = []
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.finished.extend(spans)
+        return SpanExportResult.SUCCESS
+
+
+class _Records(LogRecordProcessor):
+    def __init__(self) -> None:
+        self.emitted: list[ReadWriteLogRecord] = []
+
+    def on_emit(self, log_record: ReadWriteLogRecord) -> None:
+        self.emitted.append(log_record)
+
+    def shutdown(self) -> None:
+        return None
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True

@@ -156,11 +156,12 @@ class SpanWriteSink:
                             "INSERT INTO running_spans "
                             f"SELECT *, '{database.writer_id}', {os.getpid()}, NULL FROM _running_batch"
                         )
-                    if batch is not None:
-                        script += insert_finished(connection, batch)
                     if log_rows is not None:
+                        # Registered before `insert_finished`, whose check leaves a result open.
                         connection.register("_log_batch", log_rows)
                         script.append("INSERT INTO log_records SELECT * FROM _log_batch")
+                    if batch is not None:
+                        script += insert_finished(connection, batch)
                     if script:
                         connection.execute(";\n".join(script))
                     for name in ("_running_batch", "_log_batch", *_BATCH_VIEWS):
