@@ -17,6 +17,7 @@ from typing import Final
 import duckdb
 
 from otel_workflow.ingest.columns import LOG_RECORDS, RUNNING_SPANS, SPAN_EVENTS, SPAN_LINKS, SPANS
+from otel_workflow.query.logs import execution_logs_select
 from otel_workflow.storage.analytics import create_analytics
 
 # 2: `log_records`, and `execution_logs` with its rows (a version 1 file gets both when a writer opens it).
@@ -99,113 +100,6 @@ WHERE workflow_role = 'step'
 """
 
 _INTERRUPTED: Final = "'interrupted: the process shut down before this span ended'"
-
-
-def execution_logs_select(spans: str) -> str:
-    """The SELECT of the `execution_logs` view, the spans of its events and log records read from the
-    relation `spans`.
-
-    The view reads `spans`; the read side gives one execution's spans within its time window (a
-    subquery), which DuckDB cannot derive from a filter on the view: the join of every event to its
-    span then reads a few row groups instead of every stored span.
-    """
-    return f"""
-SELECT span_id || ':start' AS id,
-       workflow_id,
-       execution_id,
-       CASE WHEN workflow_role = 'step' THEN span_id END AS step_id,
-       'info' AS level,
-       CASE WHEN workflow_role = 'execution'
-            THEN 'Execution started: ' || coalesce(workflow_id, 'workflow')
-            ELSE 'Step started: ' || step_name END AS message,
-       step_name AS module_name,
-       json_object('trace_id', trace_id, 'span_id', span_id) AS fields,
-       started_at AS created_at
-FROM workflow_spans
-WHERE execution_id IS NOT NULL
-UNION ALL
-SELECT span_id || ':end',
-       workflow_id,
-       execution_id,
-       CASE WHEN workflow_role = 'step' THEN span_id END,
-       CASE WHEN status = 'failed' THEN 'error' ELSE 'info' END,
-       CASE WHEN workflow_role = 'execution' THEN
-            CASE WHEN status = 'failed'
-                 THEN 'Execution failed: ' || coalesce(workflow_id, 'workflow')
-                      || coalesce(': ' || error_message, '')
-                 ELSE printf('Execution completed: %s (%.1fms)', coalesce(workflow_id, 'workflow'),
-                             duration_ms) END
-       ELSE
-            CASE status
-                 WHEN 'failed' THEN 'Step failed: ' || step_name || coalesce(': ' || error_message, '')
-                 WHEN 'skipped' THEN 'Step skipped: ' || step_name
-                 WHEN 'compensated' THEN 'Step compensated: ' || step_name
-                 ELSE printf('Step completed: %s (%.1fms)', step_name, duration_ms) END
-       END,
-       step_name,
-       json_object('trace_id', trace_id, 'span_id', span_id, 'status', status,
-                   'duration_ms', duration_ms),
-       ended_at
--- The time of an end row: its end, or its start for a live row that was interrupted. Two branches, not
--- coalesce(completed_at, started_at): a time condition then reaches each table's own time column and DuckDB
--- skips the row groups outside it (one execution's rows at 10M spans: 72 -> 27 ms, benchmarks/queries.py).
-FROM (
-    SELECT *, completed_at AS ended_at FROM workflow_spans WHERE completed_at IS NOT NULL
-    UNION ALL
-    SELECT *, started_at FROM workflow_spans WHERE completed_at IS NULL AND status <> 'running'
-)
-WHERE execution_id IS NOT NULL
-UNION ALL
-SELECT ev.span_id || ':' || ev.event_index,
-       s.workflow_id,
-       s.execution_id,
-       CASE WHEN s.workflow_role = 'step' THEN s.span_id END,
-       CASE WHEN ev.name = 'exception' THEN 'error'
-            ELSE lower(coalesce(ev.attributes ->> 'log.severity', ev.attributes ->> 'severity',
-                                ev.attributes ->> 'level', 'event')) END,
-       CASE WHEN ev.name = 'exception'
-                 THEN coalesce(ev.attributes ->> 'exception.type', 'exception')
-                      || coalesce(': ' || (ev.attributes ->> 'exception.message'), '')
-            WHEN ev.name = 'workflow.step.input' THEN 'Step input recorded'
-            WHEN ev.name = 'workflow.step.output' THEN 'Step output recorded'
-            WHEN ev.name = 'workflow.execution.input' THEN 'Execution input recorded'
-            ELSE coalesce(ev.attributes ->> 'message', ev.attributes ->> 'log.message', ev.name) END,
-       s.step_name,
-       -- I/O events say that a payload was recorded and how big it is, never what it holds.
-       CASE WHEN json_exists(ev.attributes, '$."workflow.io.json"')
-            THEN json_object('bytes', strlen(ev.attributes ->> 'workflow.io.json'))
-            ELSE ev.attributes END,
-       ev.timestamp
-FROM span_events ev
-JOIN {spans} s ON s.trace_id = ev.trace_id AND s.span_id = ev.span_id
-WHERE s.workflow_role IS NOT NULL AND s.execution_id IS NOT NULL
-UNION ALL
--- Application log records emitted while an execution or step span was current (in this process, or by
--- another service with the same ids): joined when read, so a record stored before its span still finds it.
-SELECT 'log:' || l.id,
-       s.workflow_id,
-       s.execution_id,
-       CASE WHEN s.workflow_role = 'step' THEN s.span_id END,
-       CASE WHEN l.severity_number IS NULL THEN coalesce(lower(l.severity_text), 'info')
-            WHEN l.severity_number <= 8 THEN 'debug'
-            WHEN l.severity_number <= 12 THEN 'info'
-            WHEN l.severity_number <= 16 THEN 'warning'
-            WHEN l.severity_number <= 20 THEN 'error'
-            ELSE 'critical' END,
-       CASE WHEN json_type(l.body) = 'VARCHAR' THEN l.body ->> '$' ELSE coalesce(l.body::VARCHAR, '') END,
-       s.step_name,
-       json_merge_patch(coalesce(l.attributes, '{{}}'),
-                        json_object('logger', l.scope_name, 'trace_id', l.trace_id, 'span_id', l.span_id)),
-       l.time
-FROM log_records l
-JOIN (
-    SELECT trace_id, span_id, workflow_role, execution_id, workflow_id, step_name
-    FROM {spans} WHERE workflow_role IS NOT NULL
-    UNION ALL
-    SELECT trace_id, span_id, workflow_role, execution_id, workflow_id, step_name FROM running_spans
-) s ON s.trace_id = l.trace_id AND s.span_id = l.span_id
-WHERE s.execution_id IS NOT NULL
-"""
 
 
 _VIEWS: Final = f"""
