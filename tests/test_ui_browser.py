@@ -264,6 +264,8 @@ def test_the_run_logs_filter_by_level_and_step(page: Any, served: UiServer) -> N
     step = next(row for row in logs if row["step_id"] and row["module_name"] == "reserve-stock")
     section.locator("select[name=step]").select_option(step["step_id"])
     expect(log_rows).to_have_count(sum(row["step_id"] == step["step_id"] for row in logs))
+    # The application's own log line (Python `logging` inside the step) is among that step's rows.
+    expect(section).to_contain_text("none left in any warehouse")
 
 
 def test_captured_input_and_output_show_as_formatted_json(page: Any, served: UiServer) -> None:

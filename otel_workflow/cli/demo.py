@@ -2,12 +2,13 @@
 
 It shows every shape the tables handle: a nested sub-pipeline, a step retried
 under the same name, a skipped step, a child span from "other
-instrumentation", a log event, and one failing execution with a compensating
-step.
+instrumentation", a log event, application log lines (Python `logging`, stored with
+their steps), and one failing execution with a compensating step.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 
@@ -22,6 +23,9 @@ class PaymentGatewayTimeout(Exception):
 
 class OutOfStock(Exception):
     """The failure that makes one demo execution fail."""
+
+
+log = logging.getLogger("order-pipeline")
 
 
 def _work(rng: random.Random, low_ms: float, high_ms: float) -> None:
@@ -53,6 +57,7 @@ def run_order(wf: WorkflowTracer, order_number: int, rng: random.Random, *, fail
                         step.span.set_attribute("payment.attempt", attempt)
                         _work(rng, 5, 15)
                         if attempt == 1 and order_number % 2 == 0:
+                            log.warning("payment gateway timed out on attempt %d; retrying", attempt)
                             raise PaymentGatewayTimeout("gateway did not answer within 10s")
                     break
                 except PaymentGatewayTimeout:
@@ -66,6 +71,7 @@ def run_order(wf: WorkflowTracer, order_number: int, rng: random.Random, *, fail
                 with wf.step("reserve-stock", step_type="step.inventory"):
                     _work(rng, 2, 6)
                     if fail:
+                        log.error("SKU-%04d: %d ordered, none left in any warehouse", order_number, 2)
                         raise OutOfStock(f"SKU-{order_number:04d} is out of stock")
             except OutOfStock:
                 with wf.step("refund-payment", step_type="step.compensation") as step:
