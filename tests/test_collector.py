@@ -274,8 +274,9 @@ def test_other_signals_and_methods_are_refused(collector: Served) -> None:
             ).status_code
             == 404
         )
-        assert client.post(collector.url + "/v1/logs", content=b"").status_code == 404
+        assert client.post(collector.url + "/v1/logs", content=b"").status_code == 415  # no content type
         assert client.get(collector.traces_url).status_code == 405
+        assert client.get(collector.url + "/v1/logs").status_code == 405
 
 
 @pytest.fixture

@@ -198,9 +198,15 @@ class BackgroundWriter:
 
     @property
     def queued(self) -> int:
-        """Items accepted and not yet written or dropped (spans, live rows, log records)."""
+        """Spans and live rows accepted and not yet written or dropped (log records: `queued_logs`)."""
         with self._condition:
-            return self._size() + self._queued_log_records()
+            return self._size()
+
+    @property
+    def queued_logs(self) -> int:
+        """Log records accepted and not yet written or dropped."""
+        with self._condition:
+            return self._queued_log_records()
 
     def _size(self) -> int:
         return self._queued_here() + self.live_rows.waiting() + self._converting

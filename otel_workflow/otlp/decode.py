@@ -29,9 +29,10 @@ import base64
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from google.protobuf import json_format
+from google.protobuf.message import Message
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource as PbResource
@@ -42,14 +43,26 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope as SdkSc
 from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags, TraceState
 from opentelemetry.trace.status import Status, StatusCode
 
+_M = TypeVar("_M", bound=Message)
+
 __all__ = [
+    "MAX_REASONS",
     "DecodeError",
     "DecodedTraces",
     "ReceivedSpan",
+    "attribute_values",
+    "decode_any_value",
     "decode_json",
     "decode_protobuf",
+    "json_dicts",
+    "json_field",
+    "json_object_of",
     "parse_json",
+    "parse_json_document",
     "parse_protobuf",
+    "parse_protobuf_as",
+    "rewrite_hex_id",
+    "short_error",
     "to_readable_spans",
 ]
 
@@ -71,7 +84,7 @@ _HAS_IS_REMOTE: Final = 0x100
 _IS_REMOTE: Final = 0x200
 
 # How many reasons for rejected spans the partial success message names (one per distinct reason).
-_MAX_REASONS: Final = 5
+MAX_REASONS: Final = 5
 
 # Resources repeat in every request from the same process: one SDK object per distinct resource lets
 # the converter describe it once (it caches by identity). Bounded, so a client cannot grow it.
@@ -127,11 +140,16 @@ class DecodedTraces:
 
 def parse_protobuf(body: bytes) -> ExportTraceServiceRequest:
     """The request in a binary protobuf body; `DecodeError` if it is not one."""
-    request = ExportTraceServiceRequest()
+    return parse_protobuf_as(body, ExportTraceServiceRequest())
+
+
+def parse_protobuf_as(body: bytes, request: _M) -> _M:
+    """`request` parsed from a binary protobuf body; `DecodeError` if the body is not that message."""
     try:
         request.ParseFromString(body)
     except Exception as exc:  # protobuf's DecodeError, and whatever else a hostile body may provoke
-        raise DecodeError(f"the body is not a protobuf ExportTraceServiceRequest: {_short(exc)}") from exc
+        name = request.DESCRIPTOR.name
+        raise DecodeError(f"the body is not a protobuf {name}: {short_error(exc)}") from exc
     return request
 
 
@@ -143,20 +161,30 @@ def parse_json(body: bytes | str) -> ExportTraceServiceRequest:
     and unknown fields are ignored, as the specification requires of receivers.
     Keys may be lowerCamelCase or the proto's snake_case.
     """
+    document = json_object_of(body, "ExportTraceServiceRequest")
+    _hex_ids_to_base64(document)
+    return parse_json_document(document, ExportTraceServiceRequest())
+
+
+def json_object_of(body: bytes | str, what: str) -> dict[str, Any]:
+    """The JSON object of an OTLP/JSON body; `DecodeError` if it is not JSON or not an object."""
     try:
         document = json.loads(body)
     except (ValueError, RecursionError) as exc:  # ValueError covers bad UTF-8 as well as bad JSON
-        raise DecodeError(f"the body is not JSON: {_short(exc)}") from exc
+        raise DecodeError(f"the body is not JSON: {short_error(exc)}") from exc
     if not isinstance(document, dict):
-        raise DecodeError("the body is not an OTLP/JSON ExportTraceServiceRequest: expected a JSON object")
-    _hex_ids_to_base64(document)
-    request = ExportTraceServiceRequest()
+        raise DecodeError(f"the body is not an OTLP/JSON {what}: expected a JSON object")
+    return document
+
+
+def parse_json_document(document: dict[str, Any], request: _M) -> _M:
+    """`request` filled from an OTLP/JSON document whose ids are base64 already; `DecodeError` if the
+    document is not that message."""
     try:
         json_format.ParseDict(document, request, ignore_unknown_fields=True)
-    except (
-        Exception
-    ) as exc:  # ParseError mostly; the parser documents no complete list, and a bad body is a 400
-        raise DecodeError(f"the body is not an OTLP/JSON ExportTraceServiceRequest: {_short(exc)}") from exc
+    except Exception as exc:  # ParseError mostly; the parser documents no complete list: a bad body is a 400
+        name = request.DESCRIPTOR.name
+        raise DecodeError(f"the body is not an OTLP/JSON {name}: {short_error(exc)}") from exc
     return request
 
 
@@ -166,32 +194,32 @@ def _hex_ids_to_base64(document: dict[str, Any]) -> None:
     An id that is not valid hex becomes empty, so that its span is rejected by id
     validation (and counted) instead of failing the whole request.
     """
-    for resource_spans in _dicts(_field(document, "resourceSpans", "resource_spans")):
-        for scope_spans in _dicts(_field(resource_spans, "scopeSpans", "scope_spans")):
-            for span in _dicts(_field(scope_spans, "spans")):
-                _rewrite_id(span, "traceId", "trace_id")
-                _rewrite_id(span, "spanId", "span_id")
-                _rewrite_id(span, "parentSpanId", "parent_span_id")
-                for link in _dicts(_field(span, "links")):
-                    _rewrite_id(link, "traceId", "trace_id")
-                    _rewrite_id(link, "spanId", "span_id")
+    for resource_spans in json_dicts(json_field(document, "resourceSpans", "resource_spans")):
+        for scope_spans in json_dicts(json_field(resource_spans, "scopeSpans", "scope_spans")):
+            for span in json_dicts(json_field(scope_spans, "spans")):
+                rewrite_hex_id(span, "traceId", "trace_id")
+                rewrite_hex_id(span, "spanId", "span_id")
+                rewrite_hex_id(span, "parentSpanId", "parent_span_id")
+                for link in json_dicts(json_field(span, "links")):
+                    rewrite_hex_id(link, "traceId", "trace_id")
+                    rewrite_hex_id(link, "spanId", "span_id")
 
 
-def _field(obj: dict[str, Any], *names: str) -> Any:
+def json_field(obj: dict[str, Any], *names: str) -> Any:
     for name in names:
         if name in obj:
             return obj[name]
     return None
 
 
-def _dicts(value: Any) -> Iterable[dict[str, Any]]:
+def json_dicts(value: Any) -> Iterable[dict[str, Any]]:
     # Anything not shaped as expected is left for the protobuf parser to refuse.
     if isinstance(value, list):
         return (item for item in value if isinstance(item, dict))
     return ()
 
 
-def _rewrite_id(obj: dict[str, Any], *names: str) -> None:
+def rewrite_hex_id(obj: dict[str, Any], *names: str) -> None:
     for name in names:
         value = obj.get(name)
         if isinstance(value, str):
@@ -202,7 +230,7 @@ def _rewrite_id(obj: dict[str, Any], *names: str) -> None:
             obj[name] = base64.b64encode(raw).decode("ascii")
 
 
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text if len(text) <= 200 else text[:200] + "..."
 
@@ -237,8 +265,8 @@ def to_readable_spans(request: ExportTraceServiceRequest) -> DecodedTraces:
                     reasons.setdefault(str(exc))
                 except Exception as exc:  # a span we cannot rebuild costs only itself, never the request
                     rejected += 1
-                    reasons.setdefault(f"span could not be decoded: {_short(exc)}")
-    message = "; ".join(list(reasons)[:_MAX_REASONS])
+                    reasons.setdefault(f"span could not be decoded: {short_error(exc)}")
+    message = "; ".join(list(reasons)[:MAX_REASONS])
     return DecodedTraces(spans, rejected, message)
 
 
@@ -278,7 +306,7 @@ def _span(span: PbSpan, resource: Resource, scope: SdkScope) -> ReceivedSpan:
             trace_flags=TraceFlags(flags & _TRACE_FLAGS_MASK),
         )
     events = [
-        Event(event.name, _attributes(event.attributes), timestamp=event.time_unix_nano)
+        Event(event.name, attribute_values(event.attributes), timestamp=event.time_unix_nano)
         for event in span.events
     ]
     links: list[Link] = []
@@ -295,7 +323,7 @@ def _span(span: PbSpan, resource: Resource, scope: SdkScope) -> ReceivedSpan:
             trace_flags=TraceFlags(link.flags & _TRACE_FLAGS_MASK),
             trace_state=_trace_state(link.trace_state),
         )
-        links.append(Link(linked, _attributes(link.attributes)))
+        links.append(Link(linked, attribute_values(link.attributes)))
     code = _STATUS.get(span.status.code, StatusCode.UNSET)
     # The SDK keeps a description only on ERROR (and warns otherwise): do as it does, without the warning.
     description = span.status.message if code is StatusCode.ERROR and span.status.message else None
@@ -304,7 +332,7 @@ def _span(span: PbSpan, resource: Resource, scope: SdkScope) -> ReceivedSpan:
         context=context,
         parent=parent,
         resource=resource,
-        attributes=_attributes(span.attributes),
+        attributes=attribute_values(span.attributes),
         events=events,
         links=links,
         kind=_KINDS.get(span.kind, SpanKind.INTERNAL),
@@ -340,7 +368,7 @@ def _trace_state(header: str) -> TraceState:
         return _EMPTY_TRACE_STATE
 
 
-def _decode_any_value(value: AnyValue) -> Any:
+def decode_any_value(value: AnyValue) -> Any:
     """The Python value of an `AnyValue`, in the shapes the module docstring gives."""
     kind = value.WhichOneof("value")
     if kind == "string_value":
@@ -352,17 +380,17 @@ def _decode_any_value(value: AnyValue) -> Any:
     if kind == "double_value":
         return value.double_value
     if kind == "array_value":
-        return tuple(_decode_any_value(item) for item in value.array_value.values)
+        return tuple(decode_any_value(item) for item in value.array_value.values)
     if kind == "kvlist_value":
-        return _attributes(value.kvlist_value.values)
+        return attribute_values(value.kvlist_value.values)
     if kind == "bytes_value":
         return base64.b64encode(value.bytes_value).decode("ascii")
     return None
 
 
-def _attributes(pairs: Sequence[KeyValue]) -> dict[str, Any]:
+def attribute_values(pairs: Sequence[KeyValue]) -> dict[str, Any]:
     # A repeated key keeps its last value, as setting an SDK attribute twice does.
-    return {pair.key: _decode_any_value(pair.value) for pair in pairs}
+    return {pair.key: decode_any_value(pair.value) for pair in pairs}
 
 
 def _primitive(value: Any) -> Any:
@@ -382,7 +410,7 @@ def _primitive(value: Any) -> Any:
 
 
 def _primitive_attributes(pairs: Sequence[KeyValue]) -> dict[str, Any]:
-    attributes = {key: _primitive(value) for key, value in _attributes(pairs).items()}
+    attributes = {key: _primitive(value) for key, value in attribute_values(pairs).items()}
     return {key: value for key, value in attributes.items() if value is not None}
 
 

@@ -94,7 +94,8 @@ def _int_and_string(number: int, text: str) -> bytes:
 
 
 def export_response_protobuf(rejected: int = 0, error_message: str = "") -> bytes:
-    """The binary `ExportTraceServiceResponse`; `partial_success` is set only when spans were rejected."""
+    """The binary `ExportTraceServiceResponse` (or `ExportLogsServiceResponse`: the same fields at the
+    same numbers); `partial_success` is set only when something was rejected."""
     if not (rejected or error_message):
         return b""
     # ExportTraceServiceResponse {ExportTracePartialSuccess partial_success = 1;}, and
@@ -103,11 +104,14 @@ def export_response_protobuf(rejected: int = 0, error_message: str = "") -> byte
     return b"\x0a" + _varint(len(partial)) + partial
 
 
-def export_response_json(rejected: int = 0, error_message: str = "") -> dict[str, Any]:
-    """The OTLP/JSON `ExportTraceServiceResponse` (int64 as a string, as the JSON mapping has it)."""
+def export_response_json(
+    rejected: int = 0, error_message: str = "", *, rejected_field: str = "rejectedSpans"
+) -> dict[str, Any]:
+    """The OTLP/JSON export response (int64 as a string, as the JSON mapping has it): of traces, or
+    with `rejected_field="rejectedLogRecords"` of logs."""
     if not (rejected or error_message):
         return {}
-    partial: dict[str, Any] = {"rejectedSpans": str(rejected)}
+    partial: dict[str, Any] = {rejected_field: str(rejected)}
     if error_message:
         partial["errorMessage"] = error_message
     return {"partialSuccess": partial}

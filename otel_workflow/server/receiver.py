@@ -1,6 +1,7 @@
-"""The OTLP/HTTP receiver: `POST /v1/traces` into `TraceStore.submit_spans`, with its bounds.
+"""The OTLP/HTTP receiver: `POST /v1/traces` into `TraceStore.submit_spans` and `POST /v1/logs` into
+`TraceStore.submit_logs`, with their bounds, on one path (the signals differ only in decoding).
 
-It takes an `ExportTraceServiceRequest` as `application/x-protobuf` or
+It takes an `ExportTraceServiceRequest` (or `ExportLogsServiceRequest`) as `application/x-protobuf` or
 `application/json` (OTLP/JSON), plain or with `Content-Encoding: gzip` (or
 `deflate`), and answers as OTLP/HTTP specifies: 200 with an
 `ExportTraceServiceResponse` in the request's encoding (with `partial_success`
@@ -25,6 +26,7 @@ from __future__ import annotations
 import json
 import threading
 import zlib
+from collections.abc import Callable
 from typing import Any, Final
 
 import anyio
@@ -42,6 +44,7 @@ from otel_workflow.otlp.encode import (
     rpc_status_json,
     rpc_status_protobuf,
 )
+from otel_workflow.otlp.logs import decode_logs_json, decode_logs_protobuf
 from otel_workflow.server.limits import ReceiverLimits
 from otel_workflow.storage.store import TraceStore
 
@@ -80,6 +83,16 @@ def otlp_error(status: int, message: str, kind: str | None, retry_after: int | N
         )
     body = json.dumps(rpc_status_json(code, message)).encode()
     return Response(body, status, headers, media_type="application/json")
+
+
+def _export_response(kind: str, rejected: int, error_message: str, rejected_field: str) -> Response:
+    """The 200 answer of an export, in the request's encoding, with its partial success."""
+    if kind == PROTOBUF:
+        return Response(
+            export_response_protobuf(rejected, error_message), 200, media_type="application/x-protobuf"
+        )
+    body = export_response_json(rejected, error_message, rejected_field=rejected_field)
+    return Response(orjson.dumps(body), 200, media_type="application/json")
 
 
 class _TooLarge(Exception):
@@ -125,7 +138,16 @@ class _Inflater:
 class _Counters:
     """What the receiver did, for `/api/status`; updated from worker threads, hence the lock."""
 
-    NAMES: Final = ("accepted_spans", "rejected_spans", "requests", "busy", "saturated", "invalid")
+    NAMES: Final = (
+        "accepted_spans",
+        "rejected_spans",
+        "accepted_log_records",
+        "rejected_log_records",
+        "requests",
+        "busy",
+        "saturated",
+        "invalid",
+    )
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -148,6 +170,7 @@ class Receiver:
         self.limits = limits
         self.queue_bound = store.max_queued_spans
         self.high_water = max(1, int(self.queue_bound * limits.queue_high_water))
+        self.logs_high_water = max(1, int(store.max_queued_logs * limits.queue_high_water))
         # Checking the queue and submitting happen under one lock, so concurrent requests cannot all
         # see room and together overfill it.
         self._submit_lock = threading.Lock()
@@ -155,14 +178,30 @@ class Receiver:
         self.counters = _Counters()
 
     def routes(self) -> list[Route]:
-        """`POST /v1/traces`, and OTLP's other two signals, which get a 404 that says why."""
+        """`POST /v1/traces` and `POST /v1/logs`; metrics get a 404 that says why."""
         return [
             Route("/v1/traces", self.traces, methods=["POST"]),
-            Route("/v1/metrics", self.not_traces, methods=["POST"]),
-            Route("/v1/logs", self.not_traces, methods=["POST"]),
+            Route("/v1/logs", self.logs, methods=["POST"]),
+            Route("/v1/metrics", self.not_metrics, methods=["POST"]),
         ]
 
     async def traces(self, request: Request) -> Response:
+        return await self._receive(request, self._store_traces, behind=self._spans_behind)
+
+    async def logs(self, request: Request) -> Response:
+        return await self._receive(request, self._store_logs, behind=self._logs_behind)
+
+    def _spans_behind(self) -> bool:
+        return self.store.queued >= self.high_water
+
+    def _logs_behind(self) -> bool:
+        return self.store.queued_logs >= self.logs_high_water
+
+    async def _receive(
+        self, request: Request, store_body: Callable[[bytes, str], Response], *, behind: Callable[[], bool]
+    ) -> Response:
+        """The path every signal shares: content type and encoding, the body limits, back-pressure and
+        the ingest slots; then `store_body(body, kind)` in a worker thread."""
         kind = content_kind(request.headers.get("content-type"))
         if kind is None:
             self.counters.add("invalid", 1)
@@ -188,7 +227,7 @@ class Receiver:
                 self.counters.add("invalid", 1)
                 return self._too_large(kind)
         # Refuse early, before reading the body, when the writer is behind anyway.
-        if self.store.queued >= self.high_water:
+        if behind():
             return self._saturated(kind)
         if self._slots is None:
             self._slots = anyio.Semaphore(self.limits.max_concurrent_ingest)
@@ -207,11 +246,13 @@ class Receiver:
                 429, "the collector is busy with other requests; retry later", kind, self.limits.retry_after_s
             )
         try:
-            return await self._ingest(request, kind, coding)
+            return await self._ingest(request, kind, coding, store_body)
         finally:
             slots.release()
 
-    async def _ingest(self, request: Request, kind: str, coding: str) -> Response:
+    async def _ingest(
+        self, request: Request, kind: str, coding: str, store_body: Callable[[bytes, str], Response]
+    ) -> Response:
         try:
             with anyio.fail_after(self.limits.body_timeout_s):
                 body = await self._read_body(request, coding)
@@ -226,7 +267,7 @@ class Receiver:
             return otlp_error(400, f"the body does not decompress as {coding}: {exc}", kind)
         except ClientDisconnect:
             return Response(status_code=400)  # nobody is listening for the answer
-        return await anyio.to_thread.run_sync(self._store_body, body, kind)
+        return await anyio.to_thread.run_sync(store_body, body, kind)
 
     async def _read_body(self, request: Request, coding: str) -> bytes:
         limit = self.limits.max_body_bytes
@@ -247,7 +288,7 @@ class Receiver:
             inflater.feed(chunk)
         return inflater.finish()
 
-    def _store_body(self, body: bytes, kind: str) -> Response:
+    def _store_traces(self, body: bytes, kind: str) -> Response:
         """In a worker thread: decode, check the queue, submit; the OTLP answer."""
         counters = self.counters
         counters.add("requests", 1)
@@ -280,14 +321,41 @@ class Receiver:
             return self._saturated(kind)
         counters.add("accepted_spans", len(spans))
         counters.add("rejected_spans", decoded.rejected)
-        if kind == PROTOBUF:
-            payload = export_response_protobuf(decoded.rejected, decoded.error_message)
-            return Response(payload, 200, media_type="application/x-protobuf")
-        return Response(
-            orjson.dumps(export_response_json(decoded.rejected, decoded.error_message)),
-            200,
-            media_type="application/json",
-        )
+        return _export_response(kind, decoded.rejected, decoded.error_message, "rejectedSpans")
+
+    def _store_logs(self, body: bytes, kind: str) -> Response:
+        """In a worker thread: decode log records, check the log queue, submit; the OTLP answer."""
+        counters = self.counters
+        counters.add("requests", 1)
+        try:
+            decoded = decode_logs_protobuf(body) if kind == PROTOBUF else decode_logs_json(body)
+        except DecodeError as exc:
+            counters.add("invalid", 1)
+            return otlp_error(400, str(exc), kind)
+        rows = decoded.rows
+        bound = self.logs_high_water
+        if rows.count > bound:
+            counters.add("invalid", 1)
+            return otlp_error(
+                413,
+                f"{rows.count} log records in one request is more than this collector queues at once "
+                f"({bound}); send smaller batches",
+                kind,
+            )
+        with self._submit_lock:
+            if rows.count and self.store.queued_logs + rows.count > bound:
+                return self._saturated(kind)
+            try:
+                accepted = self.store.submit_logs(rows)
+            except StoreError as exc:
+                return otlp_error(
+                    503, f"the store is not accepting log records: {exc}", kind, self.limits.retry_after_s
+                )
+        if not accepted:
+            return self._saturated(kind)
+        counters.add("accepted_log_records", rows.count)
+        counters.add("rejected_log_records", decoded.rejected)
+        return _export_response(kind, decoded.rejected, decoded.error_message, "rejectedLogRecords")
 
     def _saturated(self, kind: str) -> Response:
         self.counters.add("saturated", 1)
@@ -306,12 +374,12 @@ class Receiver:
             kind,
         )
 
-    async def not_traces(self, request: Request) -> Response:
+    async def not_metrics(self, request: Request) -> Response:
         return otlp_error(
             404,
-            f"this collector stores traces only: {request.url.path} is not served "
-            "(set OTEL_METRICS_EXPORTER=none and OTEL_LOGS_EXPORTER=none, or point only "
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT here)",
+            f"this collector stores traces and logs only: {request.url.path} is not served "
+            "(set OTEL_METRICS_EXPORTER=none, or point only OTEL_EXPORTER_OTLP_TRACES_ENDPOINT and "
+            "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT here)",
             content_kind(request.headers.get("content-type")),
         )
 
@@ -327,6 +395,10 @@ class Receiver:
             "dropped_by_reason": self.store.dropped_by_reason,
             "accepted_spans": counts["accepted_spans"],
             "rejected_spans": counts["rejected_spans"],
+            "queued_logs": self.store.queued_logs,
+            "dropped_logs": self.store.dropped_logs,
+            "accepted_log_records": counts["accepted_log_records"],
+            "rejected_log_records": counts["rejected_log_records"],
             "requests": counts["requests"],
             "refused": {
                 "busy": counts["busy"],

@@ -203,6 +203,16 @@ class TraceStore:
         return self._writer.queued
 
     @property
+    def queued_logs(self) -> int:
+        """Log records accepted and not yet written."""
+        return self._writer.queued_logs
+
+    @property
+    def max_queued_logs(self) -> int:
+        """The bound of the log records waiting (apart from the spans')."""
+        return self._writer.max_queued_logs
+
+    @property
     def max_queued_spans(self) -> int:
         """The bound of the write queue (live rows and finished spans together)."""
         return self._writer.max_queued
