@@ -89,11 +89,7 @@ class DuckDBLogExporter(LogRecordExporter):
         return LogRecordExportResult.SUCCESS if accepted else LogRecordExportResult.FAILURE
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        try:
-            return self.store.flush(timeout_millis / 1000)
-        except Exception:
-            logger.exception("otel-workflow could not flush")
-            return False
+        return _flush(self.store, timeout_millis)
 
     def shutdown(self) -> None:
         """Write what is queued; close the store if this exporter opened it. Idempotent; never raises."""
@@ -136,11 +132,7 @@ class DuckDBLogRecordProcessor(LogRecordProcessor):
         self.force_flush()
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        try:
-            return self.store.flush(timeout_millis / 1000)
-        except Exception:
-            logger.exception("otel-workflow could not flush")
-            return False
+        return _flush(self.store, timeout_millis)
 
 
 class WorkflowLogHandler(logging.Handler):
@@ -263,6 +255,15 @@ def _redacted(redactor: Redactor, key: str, value: Any, depth: int) -> Any:
     if depth < MAX_DEPTH and isinstance(value, list | tuple):
         return [_redacted(redactor, "", item, depth + 1) for item in value]
     return redactor.scrub_text(_safe_str(value))[:MAX_TEXT_CHARS]
+
+
+def _flush(store: TraceStore, timeout_millis: int) -> bool:
+    """Wait for the store's writer; never raises into the SDK."""
+    try:
+        return store.flush(timeout_millis / 1000)
+    except Exception:
+        logger.exception("otel-workflow could not flush")
+        return False
 
 
 def _severity(levelno: int) -> SeverityNumber:
