@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from collector_support import Served, served
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest,
     ExportLogsServiceResponse,
@@ -25,7 +27,12 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.sdk.resources import Resource as SdkResource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from otel_workflow import WorkflowSpanProcessor, WorkflowTracer
 from otel_workflow.ingest.logrows import MAX_TEXT_CHARS
 from otel_workflow.instrument.capture.redaction import REDACTED
 from otel_workflow.server.app import ReceiverLimits
@@ -89,13 +96,8 @@ def _request(*records: LogRecord, service: str = "node-svc") -> ExportLogsServic
 
 
 def _record(body: str, **fields: Any) -> LogRecord:
-    return LogRecord(
-        time_unix_nano=1_700_000_000_000_000_000,
-        severity_number=13,
-        severity_text="WARN",
-        body=AnyValue(string_value=body),
-        **fields,
-    )
+    fields.setdefault("time_unix_nano", 1_700_000_000_000_000_000)
+    return LogRecord(severity_number=13, severity_text="WARN", body=AnyValue(string_value=body), **fields)
 
 
 def _post(server: Served, body: bytes, content_type: str = PROTOBUF, **headers: str) -> httpx.Response:
@@ -121,11 +123,47 @@ def test_another_process_sends_logs_before_its_spans_and_they_join_its_run(colle
     assert (row.step_id, row.module_name, row.level) == (step.id, "render-pdf", "warning")
     assert row.message == "font Garamond missing, using a fallback"
     assert row.fields["password"] == REDACTED and row.fields["logger"] == "billing"
-    assert collector.store.sql("SELECT count(*), count(trace_id), min(service_name) FROM log_records") == [
-        (2, 1, "billing-svc")
+    [(trace_id,)] = collector.store.sql("SELECT trace_id FROM execution_steps WHERE id = ?", [step.id])
+    assert collector.store.sql(
+        "SELECT body ->> '$', trace_id, span_id, service_name, attributes ->> 'password' FROM log_records "
+        "ORDER BY trace_id NULLS LAST"
+    ) == [
+        ("font Garamond missing, using a fallback", trace_id, step.id, "billing-svc", REDACTED),
+        ("worker idle", None, None, "billing-svc", None),
     ]
+    # The record outside any run is stored, and is no execution's log line.
+    assert collector.store.sql("SELECT count(*) FROM execution_logs WHERE message = 'worker idle'") == [(0,)]
     status = httpx.get(collector.url + "/api/status", timeout=30).json()
     assert status["accepted_log_records"] == 2 and status["rejected_log_records"] == 0
+
+
+def test_logs_stored_before_their_spans_join_the_run_once_the_spans_arrive(collector: Served) -> None:
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=SdkResource.create({"service.name": "shop"}))
+    provider.add_span_processor(WorkflowSpanProcessor())
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    wf = WorkflowTracer("checkout", tracer_provider=provider)
+    with wf.execution(trigger_type="http") as run, wf.step("pay") as step:
+        context = step.span.get_span_context()
+    provider.shutdown()
+    ids = {"trace_id": context.trace_id.to_bytes(16, "big"), "span_id": context.span_id.to_bytes(8, "big")}
+    # Its time is that of the run: `store.logs(execution_id)` reads the execution's time window.
+    record = _record("card declined", time_unix_nano=time.time_ns(), **ids)
+    assert _post(collector, _request(record).SerializeToString()).status_code == 200
+    assert collector.store.flush(30)
+    # Stored, and not yet anyone's: its run has not arrived.
+    assert collector.store.sql("SELECT count(*) FROM log_records") == [(1,)]
+    assert collector.store.sql("SELECT count(*) FROM execution_logs WHERE id LIKE 'log:%'") == [(0,)]
+    exporter = OTLPSpanExporter(endpoint=collector.traces_url)
+    assert exporter.export(memory.get_finished_spans()) is SpanExportResult.SUCCESS
+    exporter.shutdown()
+    assert collector.store.flush(30)
+    step_id = f"{context.span_id:016x}"
+    assert collector.store.sql(
+        "SELECT execution_id, step_id, level, message FROM execution_logs WHERE id LIKE 'log:%'"
+    ) == [(run.execution_id, step_id, "warning", "card declined")]
+    [row] = [row for row in collector.store.logs(run.execution_id) if row.id.startswith("log:")]
+    assert (row.step_id, row.module_name) == (step_id, "pay")
 
 
 def test_json_with_hex_ids_and_gzip_protobuf_are_accepted(collector: Served) -> None:
@@ -183,9 +221,18 @@ def test_records_with_malformed_ids_are_rejected_and_reported_as_partial_success
         JSON,
     )
     assert json_answer.json()["partialSuccess"]["rejectedLogRecords"] == "1"
+    # Not hex: rejected, not stored as a record outside any trace.
+    not_hex = {"traceId": "z" * 32, "spanId": "eee19b7ec3c1b174", "body": {"stringValue": "not hex"}}
+    hex_ok = {"body": {"stringValue": "kept beside it"}}
+    document = {"resourceLogs": [{"scopeLogs": [{"logRecords": [not_hex, hex_ok]}]}]}
+    partial_json = _post(collector, json.dumps(document).encode(), JSON).json()["partialSuccess"]
+    assert partial_json["rejectedLogRecords"] == "1" and "hex" in partial_json["errorMessage"]
+    status = httpx.get(collector.url + "/api/status", timeout=30).json()
+    assert (status["accepted_log_records"], status["rejected_log_records"]) == (3, 3)
     assert collector.store.flush(30)
     assert sorted(row[0] for row in collector.store.sql("SELECT body ->> '$' FROM log_records")) == [
         "good",
+        "kept beside it",
         "no trace",
     ]
 
@@ -236,7 +283,7 @@ def test_hostile_bodies_get_their_status_and_the_server_keeps_serving(
 
 
 def test_huge_and_undecodable_bodies_are_stored_bounded(collector: Served) -> None:
-    huge = _record("y" * (MAX_TEXT_CHARS * 10))
+    huge = _record("y" * 1024 * 1024)
     binary = LogRecord(time_unix_nano=1, body=AnyValue(bytes_value=b"\xff\xfe\x00 raw"))
     # Invalid UTF-8 inside a JSON string: the parser refuses the body as a whole, with a 400.
     bad_utf8 = b'{"resourceLogs": [{"scopeLogs": [{"logRecords": [{"body": {"stringValue": "\xff\xfe"}}]}]}]}'

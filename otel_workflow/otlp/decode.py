@@ -219,7 +219,13 @@ def json_dicts(value: Any) -> Iterable[dict[str, Any]]:
     return ()
 
 
-def rewrite_hex_id(obj: dict[str, Any], *names: str) -> None:
+def rewrite_hex_id(obj: dict[str, Any], *names: str) -> bool:
+    """Rewrite the hex id under any of `names` into base64 (in place); False if one was not hex.
+
+    A non-hex id becomes empty. Spans need not look at the answer (an empty id rejects its span
+    anyway); log records must, since for them an empty id means "outside any trace".
+    """
+    all_hex = True
     for name in names:
         value = obj.get(name)
         if isinstance(value, str):
@@ -227,7 +233,9 @@ def rewrite_hex_id(obj: dict[str, Any], *names: str) -> None:
                 raw = bytes.fromhex(value)
             except ValueError:
                 raw = b""
+                all_hex = False
             obj[name] = base64.b64encode(raw).decode("ascii")
+    return all_hex
 
 
 def short_error(exc: BaseException) -> str:

@@ -7,12 +7,14 @@ service joins its execution and step through its trace and span ids when `execut
 whether its spans came before it or not.
 
 Input is untrusted: a body that is not an `ExportLogsServiceRequest` is a `DecodeError`; a record
-whose trace or span id has the wrong length is left out and counted (`DecodedLogs.rejected`, for the
-OTLP partial success answer). Empty or all-zero ids mean "outside any trace" and are kept as such.
+whose trace or span id has the wrong length (or, in JSON, is not hex) is left out and counted
+(`DecodedLogs.rejected`, for the OTLP partial success answer). Empty or all-zero ids mean "outside
+any trace" and are kept as such.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,23 +57,40 @@ def decode_logs_protobuf(body: bytes) -> DecodedLogs:
 def decode_logs_json(body: bytes | str) -> DecodedLogs:
     """The rows of an OTLP/JSON `ExportLogsServiceRequest` (hex ids); `DecodeError` if it is not one."""
     document = json_object_of(body, "ExportLogsServiceRequest")
+    rejected = 0
     for resource_logs in json_dicts(json_field(document, "resourceLogs", "resource_logs")):
         for scope_logs in json_dicts(json_field(resource_logs, "scopeLogs", "scope_logs")):
-            for record in json_dicts(json_field(scope_logs, "logRecords", "log_records")):
-                rewrite_hex_id(record, "traceId", "trace_id")
-                rewrite_hex_id(record, "spanId", "span_id")
-    return to_log_rows(parse_json_document(document, ExportLogsServiceRequest()))
+            records = json_field(scope_logs, "logRecords", "log_records")
+            if not isinstance(records, list):
+                continue  # left for the protobuf parser to refuse
+            kept: list[Any] = []
+            for record in records:
+                # Both rewritten (no short circuit): a kept record needs both ids in base64.
+                trace_hex = not isinstance(record, dict) or rewrite_hex_id(record, "traceId", "trace_id")
+                span_hex = not isinstance(record, dict) or rewrite_hex_id(record, "spanId", "span_id")
+                if trace_hex and span_hex:
+                    kept.append(record)
+                else:
+                    # A non-hex id would become empty, which for a log record means "outside any trace":
+                    # it would lose its run silently. Rejected and counted instead, as a wrong length is.
+                    rejected += 1
+            records[:] = kept
+    reasons = ["trace_id and span_id must be hex in OTLP/JSON"] if rejected else []
+    request = parse_json_document(document, ExportLogsServiceRequest())
+    return to_log_rows(request, rejected=rejected, reasons=reasons)
 
 
 class _Rejected(Exception):
     """This record is invalid (the message says why); the rest of the request is kept."""
 
 
-def to_log_rows(request: ExportLogsServiceRequest) -> DecodedLogs:
-    """The rows of a parsed request; records with malformed ids are left out and counted."""
+def to_log_rows(
+    request: ExportLogsServiceRequest, *, rejected: int = 0, reasons: Iterable[str] = ()
+) -> DecodedLogs:
+    """The rows of a parsed request; records with malformed ids are left out and counted (on top of
+    `rejected` records, for `reasons`, that were left out before parsing)."""
     builder = LogRowBuilder(capture_redactor())
-    rejected = 0
-    reasons: dict[str, None] = {}
+    seen: dict[str, None] = dict.fromkeys(reasons)
     for resource_logs in request.resource_logs:
         resource = attribute_values(resource_logs.resource.attributes)
         service = resource.get("service.name")
@@ -83,11 +102,11 @@ def to_log_rows(request: ExportLogsServiceRequest) -> DecodedLogs:
                     _add(builder, record, service if isinstance(service, str) else None, resource_json, scope)
                 except _Rejected as exc:
                     rejected += 1
-                    reasons.setdefault(str(exc))
+                    seen.setdefault(str(exc))
                 except Exception as exc:  # a record we cannot read costs only itself, never the request
                     rejected += 1
-                    reasons.setdefault(f"log record could not be decoded: {short_error(exc)}")
-    return DecodedLogs(builder.rows(), rejected, "; ".join(list(reasons)[:MAX_REASONS]))
+                    seen.setdefault(f"log record could not be decoded: {short_error(exc)}")
+    return DecodedLogs(builder.rows(), rejected, "; ".join(list(seen)[:MAX_REASONS]))
 
 
 def _add(
