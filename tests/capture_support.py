@@ -19,11 +19,13 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.types import WSGIApplication
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord as ProtoLogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -33,13 +35,19 @@ from otel_workflow import DuckDBSpanExporter, TraceStore, WorkflowSpanProcessor,
 
 # -- an OTLP/HTTP receiver -------------------------------------------------------------------------
 
+TRACES_PATH = "/v1/traces"
+LOGS_PATH = "/v1/logs"
+
 
 class OtlpReceiver:
-    """Accepts OTLP/HTTP protobuf trace exports on 127.0.0.1 and keeps the decoded requests and raw bodies."""
+    """Accepts OTLP/HTTP protobuf exports on 127.0.0.1 and keeps the raw bodies per path.
+
+    Traces arrive at `/v1/traces` (`endpoint`), logs at `/v1/logs` (`logs_endpoint`); `url` is the base
+    an exporter reading `OTEL_EXPORTER_OTLP_ENDPOINT` appends those to. Every POST is answered 200.
+    """
 
     def __init__(self) -> None:
-        self.requests: list[ExportTraceServiceRequest] = []
-        self.bodies: list[bytes] = []
+        self.bodies: dict[str, list[bytes]] = {}
         self._lock = threading.Lock()
         receiver = self
 
@@ -47,11 +55,9 @@ class OtlpReceiver:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
-                request = ExportTraceServiceRequest()
-                request.ParseFromString(body)
                 with receiver._lock:
-                    receiver.bodies.append(body)
-                    receiver.requests.append(request)
+                    receiver.bodies.setdefault(self.path, []).append(body)
+                # An export response without a partial success is an empty message, for every signal.
                 reply = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
@@ -67,9 +73,17 @@ class OtlpReceiver:
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05})
 
     @property
-    def endpoint(self) -> str:
+    def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/v1/traces"
+        return f"http://{host!s}:{port}"
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.url}{TRACES_PATH}"
+
+    @property
+    def logs_endpoint(self) -> str:
+        return f"{self.url}{LOGS_PATH}"
 
     def __enter__(self) -> OtlpReceiver:
         self._thread.start()
@@ -80,19 +94,38 @@ class OtlpReceiver:
         self._server.server_close()
         self._thread.join(5)
 
-    def spans(self) -> list[ProtoSpan]:
+    def _bodies(self, path: str) -> list[bytes]:
         with self._lock:
-            return [
-                span
-                for request in self.requests
-                for resource_spans in request.resource_spans
-                for scope_spans in resource_spans.scope_spans
-                for span in scope_spans.spans
-            ]
+            return list(self.bodies.get(path, ()))
+
+    def trace_requests(self) -> list[ExportTraceServiceRequest]:
+        return [ExportTraceServiceRequest.FromString(body) for body in self._bodies(TRACES_PATH)]
+
+    def log_requests(self) -> list[ExportLogsServiceRequest]:
+        return [ExportLogsServiceRequest.FromString(body) for body in self._bodies(LOGS_PATH)]
+
+    def spans(self) -> list[ProtoSpan]:
+        return [
+            span
+            for request in self.trace_requests()
+            for resource_spans in request.resource_spans
+            for scope_spans in resource_spans.scope_spans
+            for span in scope_spans.spans
+        ]
+
+    def log_records(self) -> list[ProtoLogRecord]:
+        return [
+            record
+            for request in self.log_requests()
+            for resource_logs in request.resource_logs
+            for scope_logs in resource_logs.scope_logs
+            for record in scope_logs.log_records
+        ]
 
     def raw(self) -> bytes:
+        """Every body received, of every path."""
         with self._lock:
-            return b"".join(self.bodies)
+            return b"".join(body for bodies in self.bodies.values() for body in bodies)
 
 
 def _any_value(value: AnyValue) -> Any:

@@ -10,8 +10,10 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Mapping
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 import pytest
 from collector_support import assert_same_rows, served
@@ -162,38 +164,44 @@ def _launcher() -> str:
     return found
 
 
+def _run_instrumented(folder: Path, app: str, env: Mapping[str, str]) -> tuple[dict[str, Any], str]:
+    """Run `app` (Python source, saved in `folder`) under `opentelemetry-instrument`; its report and stderr.
+
+    The environment is this process's with `env` over it (metrics off, spans exported every 100 ms
+    unless `env` says otherwise). The app must exit 0 and print its report, JSON, as its last line.
+    """
+    script = folder / "app.py"
+    script.write_text(app)
+    done = subprocess.run(
+        [_launcher(), sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OTEL_METRICS_EXPORTER": "none", "OTEL_BSP_SCHEDULE_DELAY": "100", **env},
+        cwd=folder,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+
+
 @pytest.mark.slow
 def test_opentelemetry_instrument_with_the_entry_point_stores_and_exports_without_code(
     tmp_path: Path,
 ) -> None:
     assert entry_points(group="opentelemetry_traces_exporter", name="workflow_duckdb"), MISSING
-    app = tmp_path / "app.py"
-    app.write_text(APP)
     direct = tmp_path / "direct.duckdb"
     with served(tmp_path / "collector.duckdb") as collector:
         env = {
-            **os.environ,
             "OTEL_TRACES_EXPORTER": "workflow_duckdb,otlp",
             "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector.traces_url,
-            "OTEL_METRICS_EXPORTER": "none",
             "OTEL_LOGS_EXPORTER": "none",
             "OTEL_SERVICE_NAME": "zero-code-app",
             "OTEL_WORKFLOW_DB": str(direct),
-            "OTEL_BSP_SCHEDULE_DELAY": "100",
         }
-        done = subprocess.run(
-            [_launcher(), sys.executable, str(app)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=env,
-            cwd=tmp_path,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-        report = json.loads(done.stdout.strip().splitlines()[-1])
-        assert report["workflow_processors"] == 1, done.stderr
+        report, stderr = _run_instrumented(tmp_path, APP, env)
+        assert report["workflow_processors"] == 1, stderr
         assert sorted(report["exporters"]) == ["OTLPSpanExporter", "WorkflowDuckDBExporter"]
         assert report["live"] >= 2  # the hook's processor shares the exporter's store
         assert collector.store.flush(30)
@@ -234,30 +242,16 @@ LOGGING_APP = textwrap.dedent(
 @pytest.mark.slow
 def test_opentelemetry_instrument_stores_log_records_through_the_logs_entry_point(tmp_path: Path) -> None:
     assert entry_points(group="opentelemetry_logs_exporter", name="workflow_duckdb"), MISSING
-    app = tmp_path / "app.py"
-    app.write_text(LOGGING_APP)
     database = tmp_path / "logs.duckdb"
     env = {
-        **os.environ,
         "OTEL_TRACES_EXPORTER": "workflow_duckdb",
         "OTEL_LOGS_EXPORTER": "workflow_duckdb",
-        "OTEL_METRICS_EXPORTER": "none",
         "OTEL_SERVICE_NAME": "zero-code-logs",
         "OTEL_WORKFLOW_DB": str(database),
-        "OTEL_BSP_SCHEDULE_DELAY": "100",
         "OTEL_BLRP_SCHEDULE_DELAY": "100",
     }
-    done = subprocess.run(
-        [_launcher(), sys.executable, str(app)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        cwd=tmp_path,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    execution_id = json.loads(done.stdout.strip().splitlines()[-1])["id"]
+    report, stderr = _run_instrumented(tmp_path, LOGGING_APP, env)
+    execution_id = report["id"]
     stored = TraceStore(database, read_only=True)
     # One store for both signals in the process: the log exporter shared the span exporter's.
     rows = stored.sql(
@@ -265,7 +259,7 @@ def test_opentelemetry_instrument_stores_log_records_through_the_logs_entry_poin
         "WHERE execution_id = ? AND id LIKE 'log:%'",
         [execution_id],
     )
-    assert rows == [("loaded 3 rows", "load", "[REDACTED]")], done.stderr
+    assert rows == [("loaded 3 rows", "load", "[REDACTED]")], stderr
     assert stored.sql("SELECT count(*), count(trace_id), min(service_name) FROM log_records") == [
         (2, 1, "zero-code-logs")
     ]

@@ -14,17 +14,13 @@ import resource
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pytest
+from capture_support import OtlpReceiver
 from click.testing import CliRunner
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
-    ExportLogsServiceRequest,
-    ExportLogsServiceResponse,
-)
 from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor, ReadWriteLogRecord
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
@@ -251,66 +247,22 @@ def test_a_setup_of_ones_own_with_the_batch_processor_and_the_exporter(tmp_path:
         store.close()
 
 
-class _OtlpSink:
-    """A real OTLP/HTTP endpoint on 127.0.0.1 keeping the log requests it receives."""
-
-    def __init__(self) -> None:
-        self.logs: list[ExportLogsServiceRequest] = []
-        sink = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.path == "/v1/logs":
-                    sink.logs.append(ExportLogsServiceRequest.FromString(body))
-                reply = ExportLogsServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05})
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_configure_with_otlp_also_sends_the_records_redacted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sink = _OtlpSink()
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sink.url)
-    setup = configure(tmp_path / "otlp.duckdb", service_name="shop", otlp=True)
-    try:
-        logging.getLogger("shop").warning("to both", extra={"password": SECRET})
-        _sync(setup)
-    finally:
-        setup.shutdown()
-        sink.close()
-    records = [
-        record
-        for request in sink.logs
-        for resource_logs in request.resource_logs
-        for scope_logs in resource_logs.scope_logs
-        for record in scope_logs.log_records
-    ]
-    [record] = records
+    with OtlpReceiver() as receiver:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
+        setup = configure(tmp_path / "otlp.duckdb", service_name="shop", otlp=True)
+        try:
+            logging.getLogger("shop").warning("to both", extra={"password": SECRET})
+            _sync(setup)
+        finally:
+            setup.shutdown()
+    [record] = receiver.log_records()
     assert record.body.string_value == "to both"
     attributes = {pair.key: pair.value.string_value for pair in record.attributes}
     assert attributes["password"] == REDACTED
-    assert SECRET not in str(sink.logs)
+    assert SECRET not in str(receiver.log_requests())
 
 
 # -- the queue -----------------------------------------------------------------------------------------

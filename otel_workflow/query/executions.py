@@ -14,7 +14,7 @@ import duckdb
 
 from otel_workflow.model.errors import AmbiguousExecutionId, ExecutionNotFound
 from otel_workflow.model.records import ExecutionDetail, ExecutionFilter, ExecutionRow, SpanLine, StepRow
-from otel_workflow.query.timeparse import time_window
+from otel_workflow.query.conditions import Conditions
 from otel_workflow.query.traces import TreeRow, ended_status, live_status, span_lines
 
 
@@ -29,20 +29,15 @@ def list_executions(
     connection: duckdb.DuckDBPyConnection, where: ExecutionFilter, *, limit: int | None = 50, offset: int = 0
 ) -> list[ExecutionRow]:
     """Executions matching `where`, newest first; `limit=None` returns all."""
-    conditions, params = time_window("started_at", where.since, where.until)
+    conditions = Conditions()
+    conditions.window("started_at", where.since, where.until)
     for column in ExecutionFilter.MANY:
-        values = where.values(column)
-        if values:
-            conditions.append(f"{column} IN ({', '.join('?' for _ in values)})")
-            params.extend(values)
-    if where.triggered_by is not None:
-        conditions.append("triggered_by = ?")
-        params.append(where.triggered_by)
+        conditions.one_of(column, where.values(column))
+    conditions.equal("triggered_by", where.triggered_by)
     if where.error_contains:
         # Case-insensitive substring, with no LIKE wildcards to escape.
-        conditions.append("contains(lower(error_message), lower(?))")
-        params.append(where.error_contains)
-    clause = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        conditions.add("contains(lower(error_message), lower(?))", where.error_contains)
+    clause = conditions.sql()
     columns = _columns(ExecutionRow)
     order = "ORDER BY started_at DESC, id"
     # The newest of each half (ended, running), merged: see the comment on `ended_executions` in schema.py.
@@ -51,10 +46,10 @@ def list_executions(
     paging += f" OFFSET {int(offset)}" if offset else ""
     rows = connection.execute(
         f"SELECT {columns} FROM ("
-        f"(SELECT {columns} FROM ended_executions {clause} {order}{head}) UNION ALL "
-        f"(SELECT {columns} FROM running_executions {clause} {order}{head})"
+        f"(SELECT {columns} FROM ended_executions{clause} {order}{head}) UNION ALL "
+        f"(SELECT {columns} FROM running_executions{clause} {order}{head})"
         f") {order}{paging}",
-        params * 2,
+        conditions.params * 2,
     ).fetchall()
     return [ExecutionRow(*row) for row in rows]
 

@@ -11,7 +11,7 @@ from typing import Any
 import duckdb
 
 from otel_workflow.model.records import LogRow, TimeArg
-from otel_workflow.query.timeparse import time_window
+from otel_workflow.query.conditions import Conditions
 
 
 def list_logs(
@@ -42,33 +42,23 @@ def list_logs(
             "(SELECT * FROM spans WHERE execution_id = ? AND start_time BETWEEN ? AND ?) "
         )
         source, params = f"({execution_logs_select('scoped_spans')})", [execution_id, *within]
-    conditions, window_params = time_window("created_at", since, until)
-    where = list(conditions)
-    params.extend(window_params)
+    where = Conditions()
+    where.window("created_at", since, until)
     if within is not None:
-        where.append("created_at BETWEEN ? AND ?")
-        params.extend(within)
-    if execution_id is not None:
-        where.append("execution_id = ?")
-        params.append(execution_id)
-    if step_id is not None:
-        where.append("step_id = ?")
-        params.append(step_id)
+        where.add("created_at BETWEEN ? AND ?", *within)
+    where.equal("execution_id", execution_id)
+    where.equal("step_id", step_id)
     if step_name is not None:
-        where.append("step_id IS NOT NULL AND module_name = ?")
-        params.append(step_name)
-    levels = [value.lower() for value in _texts(level)]
-    if levels:
-        where.append(f"lower(level) IN ({', '.join('?' for _ in levels)})")
-        params.extend(levels)
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
+        where.add("step_id IS NOT NULL AND module_name = ?", step_name)
+    where.one_of("lower(level)", [value.lower() for value in _texts(level)])
+    params.extend(where.params)
     paging = ""
     if limit is not None:
         paging = " LIMIT ?"
         params.append(limit)
     rows = connection.execute(
         f"{scoped}SELECT id, workflow_id, execution_id, step_id, level, message, module_name, "
-        f"fields::VARCHAR, created_at FROM {source} {clause} "
+        f"fields::VARCHAR, created_at FROM {source}{where.sql()} "
         "ORDER BY created_at, CASE WHEN ends_with(id, ':start') THEN 0 WHEN ends_with(id, ':end') THEN 2 "
         f"ELSE 1 END, id{paging}",
         params,

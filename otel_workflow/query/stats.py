@@ -10,7 +10,8 @@ from typing import Final
 import duckdb
 
 from otel_workflow.model.records import SeriesBucket, StatsSeries, StepStats, TimeArg, WorkflowStats
-from otel_workflow.query.timeparse import parse_time, time_window
+from otel_workflow.query.conditions import Conditions
+from otel_workflow.query.timeparse import parse_time
 
 #: The bounds of `step_series(buckets=...)`: a chart of more points than a screen has pixels is waste.
 MAX_SERIES_BUCKETS: Final = 500
@@ -49,11 +50,10 @@ def step_stats(
 ) -> list[StepStats]:
     """Count, failures and duration percentiles per workflow and step name."""
     order = _sort(sort)
-    where, params = time_window("started_at", since, until)
-    where.append("status <> 'running'")
-    if workflow_id is not None:
-        where.append("workflow_id = ?")
-        params.append(workflow_id)
+    where = Conditions()
+    where.window("started_at", since, until)
+    where.add("status <> 'running'")
+    where.equal("workflow_id", workflow_id)
     # One list-quantile aggregate sorts each group's durations once; three separate quantiles (one per
     # percentile) took twice as long over 8M steps (benchmarks/queries.py). NULLs (skipped steps) are
     # ignored by the aggregates.
@@ -68,12 +68,12 @@ def step_stats(
                    failed / count(*) AS failure_rate,
                    quantile_cont(CASE WHEN status <> 'skipped' THEN duration_ms END, [0.5, 0.95, 0.99]) AS q,
                    max(CASE WHEN status <> 'skipped' THEN duration_ms END) AS max_ms
-            FROM execution_steps WHERE {" AND ".join(where)}
+            FROM execution_steps{where.sql()}
             GROUP BY workflow_id, step_name
         )
         ORDER BY {order}
         """,
-        params,
+        where.params,
     ).fetchall()
     return [StepStats(*row) for row in rows]
 
@@ -88,11 +88,9 @@ def workflow_stats(
 ) -> list[WorkflowStats]:
     """Count, failures, running executions and duration percentiles per workflow."""
     order = _sort(sort).replace("1, 2", "1")
-    where, params = time_window("started_at", since, until)
-    if workflow_id is not None:
-        where.append("workflow_id = ?")
-        params.append(workflow_id)
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    where = Conditions()
+    where.window("started_at", since, until)
+    where.equal("workflow_id", workflow_id)
     rows = connection.execute(
         f"""
         SELECT workflow_id, count, failed, running, failure_rate,
@@ -105,12 +103,12 @@ def workflow_stats(
                coalesce(failed / nullif(count, 0), 0) AS failure_rate,
                quantile_cont(duration_ms, [0.5, 0.95, 0.99]) AS q,
                max(duration_ms) AS max_ms
-        FROM workflow_executions {clause}
+        FROM workflow_executions{where.sql()}
         GROUP BY workflow_id
         )
         ORDER BY {order}
         """,
-        params,
+        where.params,
     ).fetchall()
     return [WorkflowStats(*row) for row in rows]
 
@@ -145,15 +143,12 @@ def step_series(
         raise ValueError(f"buckets must be between 1 and {MAX_SERIES_BUCKETS}, not {buckets}")
     end = parse_time(until) or datetime.now(UTC)
     start = parse_time(since) or end - DEFAULT_SERIES_WINDOW
-    where, params = time_window("started_at", start, end)
+    where = Conditions()
+    where.window("started_at", start, end)
     width = series_bucket_width(end - start, buckets)
-    where.append("status <> 'running'")
-    if workflow_id is not None:
-        where.append("workflow_id = ?")
-        params.append(workflow_id)
-    if step_name is not None:
-        where.append("step_name = ?")
-        params.append(step_name)
+    where.add("status <> 'running'")
+    where.equal("workflow_id", workflow_id)
+    where.equal("step_name", step_name)
     rows = connection.execute(
         f"""
         SELECT bucket, count, failed, q[1], q[2], q[3]
@@ -161,11 +156,11 @@ def step_series(
             SELECT floor(epoch(started_at) / ?)::BIGINT AS bucket, count(*) AS count,
                    count(*) FILTER (WHERE status = 'failed') AS failed,
                    quantile_cont(CASE WHEN status <> 'skipped' THEN duration_ms END, [0.5, 0.95, 0.99]) AS q
-            FROM execution_steps WHERE {" AND ".join(where)}
+            FROM execution_steps{where.sql()}
             GROUP BY bucket
         )
         """,
-        [width, *params],
+        [width, *where.params],
     ).fetchall()
     found = {row[0]: row for row in rows}
     first = math.floor(start.timestamp() / width)

@@ -12,42 +12,24 @@ and at most the store's `shutdown_timeout_s`.
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from otel_workflow.storage.store import DEFAULT_DB_PATH, TraceStore
-
-logger = logging.getLogger("otel_workflow")
+from otel_workflow.sdk.storeowner import StoreOwner
 
 
-class DuckDBSpanExporter(SpanExporter):
-    """Exports spans into DuckDB tables (`spans`, `span_events`, `span_links` and the derived views)."""
+class DuckDBSpanExporter(StoreOwner, SpanExporter):
+    """Exports spans into DuckDB tables (`spans`, `span_events`, `span_links` and the derived views).
 
-    def __init__(self, store: TraceStore | str | os.PathLike[str] = DEFAULT_DB_PATH) -> None:
-        self._owns_store = not isinstance(store, TraceStore)
-        self.store = store if isinstance(store, TraceStore) else TraceStore(store)
-        self._shutdown = False
+    `store` is a `TraceStore` to write through (left open on shutdown) or a database path (opened
+    here, closed on shutdown; default `otel_workflow.duckdb`).
+    """
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        try:
-            if self._shutdown:
-                return SpanExportResult.FAILURE
-            accepted = self.store.submit_spans(spans)
-        except Exception:  # the SDK must never see an exception from us
-            logger.exception("otel-workflow could not queue a batch of spans")
-            return SpanExportResult.FAILURE
+        accepted = self._submit(lambda: self.store.submit_spans(spans), "spans")
         return SpanExportResult.SUCCESS if accepted else SpanExportResult.FAILURE
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        try:
-            return self.store.flush(timeout_millis / 1000)
-        except Exception:
-            logger.exception("otel-workflow could not flush")
-            return False
 
     def shutdown(self, timeout_millis: float = 30_000) -> None:
         """Write what is queued and stop writing; close the store if this exporter opened it.
@@ -55,13 +37,11 @@ class DuckDBSpanExporter(SpanExporter):
         Bounded by `timeout_millis` (the SDK's BatchSpanProcessor passes what is left of its
         own timeout) and by the store's `shutdown_timeout_s`. Idempotent; never raises.
         """
-        if self._shutdown:
-            return
-        self._shutdown = True
-        try:
+
+        def release() -> None:
             if self._owns_store:
                 self.store.close(timeout_millis / 1000)
             else:
                 self.store.close_writer(timeout_millis / 1000)
-        except Exception:
-            logger.exception("otel-workflow could not shut down its exporter cleanly")
+
+        self._stop(release, "otel-workflow could not shut down its exporter cleanly")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import os
 import threading
 import traceback
 from collections.abc import Mapping, Sequence
@@ -37,7 +36,8 @@ from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportRes
 from otel_workflow.ingest.logrows import MAX_DEPTH, MAX_TEXT_CHARS, REDACTED_MARK
 from otel_workflow.instrument.capture.flag import capture_redactor
 from otel_workflow.instrument.capture.redaction import REDACTED, Redactor
-from otel_workflow.storage.store import DEFAULT_DB_PATH, TraceStore
+from otel_workflow.sdk.storeowner import StoreOwner, flush_store
+from otel_workflow.storage.store import TraceStore
 
 __all__ = ["DuckDBLogExporter", "DuckDBLogRecordProcessor", "WorkflowLogHandler"]
 
@@ -65,7 +65,7 @@ _SEVERITY_STEPS: Final = (
 _SEVERITY_TEXT: Final = {"WARNING": "WARN", "CRITICAL": "FATAL"}
 
 
-class DuckDBLogExporter(LogRecordExporter):
+class DuckDBLogExporter(StoreOwner, LogRecordExporter):
     """Stores log records in the `log_records` table of a `TraceStore` (or a database path).
 
     Records emitted while an execution or step span was current appear in `execution_logs` with
@@ -73,36 +73,20 @@ class DuckDBLogExporter(LogRecordExporter):
     the methods raises into the SDK. What the store cannot take is counted (`store.dropped_logs`).
     """
 
-    def __init__(self, store: TraceStore | str | os.PathLike[str] = DEFAULT_DB_PATH) -> None:
-        self._owns_store = not isinstance(store, TraceStore)
-        self.store = store if isinstance(store, TraceStore) else TraceStore(store)
-        self._shutdown = False
-
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
-        try:
-            if self._shutdown:
-                return LogRecordExportResult.FAILURE
-            accepted = self.store.submit_log_records(batch)
-        except Exception:  # the SDK must never see an exception from us
-            logger.exception("otel-workflow could not queue a batch of log records")
-            return LogRecordExportResult.FAILURE
+        accepted = self._submit(lambda: self.store.submit_log_records(batch), "log records")
         return LogRecordExportResult.SUCCESS if accepted else LogRecordExportResult.FAILURE
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return _flush(self.store, timeout_millis)
 
     def shutdown(self) -> None:
         """Write what is queued; close the store if this exporter opened it. Idempotent; never raises."""
-        if self._shutdown:
-            return
-        self._shutdown = True
-        try:
+
+        def release() -> None:
             if self._owns_store:
                 self.store.close()
             else:
                 self.store.flush(self.store.shutdown_wait())
-        except Exception:
-            logger.exception("otel-workflow could not shut down its log exporter cleanly")
+
+        self._stop(release, "otel-workflow could not shut down its log exporter cleanly")
 
 
 class DuckDBLogRecordProcessor(LogRecordProcessor):
@@ -132,7 +116,7 @@ class DuckDBLogRecordProcessor(LogRecordProcessor):
         self.force_flush()
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return _flush(self.store, timeout_millis)
+        return flush_store(self.store, timeout_millis)
 
 
 class WorkflowLogHandler(logging.Handler):
@@ -255,15 +239,6 @@ def _redacted(redactor: Redactor, key: str, value: Any, depth: int) -> Any:
     if depth < MAX_DEPTH and isinstance(value, list | tuple):
         return [_redacted(redactor, "", item, depth + 1) for item in value]
     return redactor.scrub_text(_safe_str(value))[:MAX_TEXT_CHARS]
-
-
-def _flush(store: TraceStore, timeout_millis: int) -> bool:
-    """Wait for the store's writer; never raises into the SDK."""
-    try:
-        return store.flush(timeout_millis / 1000)
-    except Exception:
-        logger.exception("otel-workflow could not flush")
-        return False
 
 
 def _severity(levelno: int) -> SeverityNumber:
