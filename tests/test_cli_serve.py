@@ -46,7 +46,10 @@ def test_serve_command_stores_otlp_and_answers_the_read_api(tmp_path: Path) -> N
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
-        [*otel_workflow_command(), "serve", "--db", str(db), "--port", str(port), "--log-level", "warning"],
+        [
+            *otel_workflow_command(),
+            *("serve", "--db", str(db), "--port", str(port), "--grpc-port", "0", "--log-level", "warning"),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

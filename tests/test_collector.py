@@ -510,7 +510,7 @@ def test_any_body_gets_200_or_400_and_never_stops_the_server(
 SERVE = """
 import sys
 from otel_workflow.server.app import serve
-serve(sys.argv[1], port=0, on_ready=lambda url: print(url, flush=True), log_level="warning")
+serve(sys.argv[1], port=0, grpc_port=None, on_ready=lambda url: print(url, flush=True), log_level="warning")
 print("closed", flush=True)
 """
 

@@ -528,6 +528,7 @@ def _run_server(
     sql_memory_limit: str,
     sql_max_rows: int,
     ingest: bool,
+    grpc_port: int | None = None,
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
     extra = "collector" if ingest else "ui"
@@ -548,7 +549,15 @@ def _run_server(
     )
     try:
         run_server(
-            db_path, host, port, token, limits=limits, log_level=log_level, on_ready=on_ready, ingest=ingest
+            db_path,
+            host,
+            port,
+            token,
+            grpc_port=grpc_port,
+            limits=limits,
+            log_level=log_level,
+            on_ready=on_ready,
+            ingest=ingest,
         )
     except StoreError as exc:
         raise CommandError(first_line(exc)) from exc
@@ -556,14 +565,22 @@ def _run_server(
 
 @main.command()
 @_server_options(4318, "ingest, reads and the pages")
+@click.option(
+    "--grpc-port",
+    default=4317,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="OTLP/gRPC port on the same host; 0 turns gRPC off.",
+)
 @friendly_errors
-def serve(**options: Any) -> None:
-    """Receive OTLP/HTTP spans from any process or language into the database (POST /v1/traces).
+def serve(grpc_port: int, **options: Any) -> None:
+    """Receive OTLP spans and logs from any process or language into the database.
 
-    Also serves the web UI at / and the read API as JSON under /api. Needs the `collector` extra:
+    OTLP/HTTP on --port (POST /v1/traces, /v1/logs) and OTLP/gRPC on --grpc-port. Also serves the
+    web UI at / and the read API as JSON under /api. Needs the `collector` extra:
     pip install 'otel-workflow[collector]'.
     """
-    _run_server(**options, ingest=True)
+    _run_server(**options, grpc_port=grpc_port or None, ingest=True)
 
 
 @main.command()

@@ -9,7 +9,7 @@ The other direction of `decode`, for what this package sends rather than receive
 - `export_response_protobuf` and `export_response_json` are the `ExportTraceServiceResponse`
   the collector answers an ingest request with.
 - `rpc_status_protobuf` and `rpc_status_json` are the `google.rpc.Status` that OTLP/HTTP
-  error answers carry.
+  error answers carry; over gRPC it is the status details, with `retry_info_protobuf` in them.
 
 Pure Python: the export, which imports this module, works without the `collector` extra (which
 brings opentelemetry-proto), so the few protobuf fields here are written by hand.
@@ -27,6 +27,7 @@ __all__ = [
     "export_response_json",
     "export_response_protobuf",
     "key_values_json",
+    "retry_info_protobuf",
     "rpc_status_json",
     "rpc_status_protobuf",
 ]
@@ -90,6 +91,13 @@ def _int_and_string(number: int, text: str) -> bytes:
     return out
 
 
+def _field(number: int, encoded: bytes) -> bytes:
+    """A length-delimited field (a message, bytes or a string) `number`."""
+    return _varint(number << 3 | 2) + _varint(len(encoded)) + encoded
+
+
+_RETRY_INFO_TYPE: Final = "type.googleapis.com/google.rpc.RetryInfo"
+
 # -- responses -------------------------------------------------------------------------------------
 
 
@@ -117,10 +125,22 @@ def export_response_json(
     return {"partialSuccess": partial}
 
 
-def rpc_status_protobuf(code: int, message: str) -> bytes:
-    """The binary `google.rpc.Status` {int32 code = 1; string message = 2;} (no details)."""
-    # Written by hand: two fields do not justify a dependency on googleapis-common-protos.
-    return _int_and_string(code, message)
+def rpc_status_protobuf(code: int, message: str, retry_info: bytes | None = None) -> bytes:
+    """The binary `google.rpc.Status` {int32 code = 1; string message = 2; repeated Any details = 3;},
+    with `retry_info` (a `retry_info_protobuf`) as its one detail if given."""
+    # Written by hand: three fields do not justify a dependency on googleapis-common-protos.
+    out = _int_and_string(code, message)
+    if retry_info is not None:
+        # google.protobuf.Any {string type_url = 1; bytes value = 2;}
+        detail = _field(1, _RETRY_INFO_TYPE.encode("ascii")) + _field(2, retry_info)
+        out += _field(3, detail)
+    return out
+
+
+def retry_info_protobuf(delay_s: int) -> bytes:
+    """The binary `google.rpc.RetryInfo` {Duration retry_delay = 1;}, Duration {int64 seconds = 1;}."""
+    duration = b"\x08" + _varint(delay_s) if delay_s else b""
+    return _field(1, duration)
 
 
 def rpc_status_json(code: int, message: str) -> dict[str, Any]:

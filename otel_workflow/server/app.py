@@ -5,8 +5,11 @@ many processes (gunicorn or Celery workers, services in other languages) is a
 collector: every process exports OTLP, one process stores. `serve()` is that
 process for DuckDB. The parts, each in its module:
 
-- `receiver`: `POST /v1/traces` into `TraceStore.submit_spans`, with the body
-  limits, ingest slots and back-pressure answers of OTLP/HTTP;
+- `intake`: from an OTLP body to queued rows (decoding, bounds, the queue check and submit,
+  counters), for both receivers, and the ingest slots they share;
+- `receiver`: `POST /v1/traces` and `/v1/logs` (OTLP/HTTP, port 4318): headers, body limits,
+  decompression and HTTP's back-pressure answers;
+- `grpc_receiver`: `TraceService/Export` and `LogsService/Export` (OTLP/gRPC, port 4317);
 - `api`: `/api/*` and `/healthz`, the read side as JSON;
 - `ui.pages`: the web UI's pages, static files and login form;
 - `security`: the token, the loopback Host check and the headers every answer carries;
@@ -21,9 +24,8 @@ or SIGTERM. The server accepts at most `max_connections` at a time and binds to
 The HTTP layer is Starlette on uvicorn (the `collector` extra): well kept and
 widely deployed, uvicorn bounds concurrent connections (`limit_concurrency`)
 and shuts down gracefully, and Starlette streams request bodies, which the
-body limits need. OTLP/gRPC (4317) is not offered: it would need grpcio, a
-large native dependency, for a second way to send the same data, and every
-OpenTelemetry SDK can export OTLP/HTTP.
+body limits need. OTLP/gRPC runs on grpcio's own server, on its own threads, beside it: most SDKs
+export over gRPC by default.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from starlette.applications import Starlette
 from otel_workflow.query import readonly
 from otel_workflow.sdk.setup import default_db_path
 from otel_workflow.server.api import BadRequest, ReadApi, bad_request
+from otel_workflow.server.grpc_receiver import GrpcReceiver
+from otel_workflow.server.intake import Intake
 from otel_workflow.server.limits import ReceiverLimits
 from otel_workflow.server.receiver import Receiver
 from otel_workflow.server.security import (
@@ -59,6 +63,7 @@ from otel_workflow.server.ui.pages import UiPages
 from otel_workflow.storage.store import TraceStore
 
 __all__ = [
+    "DEFAULT_GRPC_PORT",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "TOKEN_ENV",
@@ -70,6 +75,7 @@ __all__ = [
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 4318  # the OTLP/HTTP port
+DEFAULT_GRPC_PORT: Final = 4317  # the OTLP/gRPC port
 
 
 def create_app(
@@ -78,13 +84,14 @@ def create_app(
     token: str | None = None,
     limits: ReceiverLimits | None = None,
     loopback_only: bool = False,
-    ingest: bool = True,
+    ingest: bool | Intake = True,
     ui: bool = True,
 ) -> ASGIApp:
     """The ASGI application: OTLP/HTTP ingest into `store`, the read API and the web UI over it.
 
-    `ingest=False` leaves the receiver out (`otel-workflow ui`, over a read-only store); `ui=False`
-    the pages. With `token`, every route but `/healthz`, `/login` and `/static/` needs it (see
+    `ingest=False` leaves the receiver out (`otel-workflow ui`, over a read-only store); an `Intake`
+    for `ingest` is the one a gRPC receiver shares (its counters and slots); `ui=False` the pages.
+    With `token`, every route but `/healthz`, `/login` and `/static/` needs it (see
     `security.TokenAuth`). With `loopback_only` (what `serve()` and `Collector` set when bound to a
     loopback address), requests must be addressed to a loopback name, which keeps web pages from
     reading it through DNS rebinding. Every answer carries the headers of `security.SecurityHeaders`.
@@ -96,9 +103,9 @@ def create_app(
     routes = []
     status: Callable[[], dict[str, Any]] = functools.partial(_reader_status, store)
     if ingest:
-        receiver = Receiver(store, limits)
-        routes += receiver.routes()
-        status = receiver.status
+        intake = ingest if isinstance(ingest, Intake) else Intake(store, limits)
+        routes += Receiver(intake).routes()
+        status = intake.status
     routes += ReadApi(store, limits, status).routes()
     pages = UiPages(token) if ui else None
     if pages is not None:
@@ -161,9 +168,10 @@ def _uvicorn_config(app: ASGIApp, limits: ReceiverLimits, log_level: str, consol
 class Collector:
     """The receiver and read API serving `store` from a background thread (tests, embedding).
 
-    `Collector(store, port=0).start()` binds a free port (see `.url`); `ingest=False` serves the read
-    API and the pages only (what `otel-workflow ui` serves, over a read-only store); `stop()`
-    shuts the server down gracefully. The store stays open: its owner closes it.
+    `Collector(store, port=0).start()` binds a free port (see `.url`); with `grpc_port` (0: a free one)
+    OTLP/gRPC is served too (see `.grpc.address`); `ingest=False` serves the read API and the pages
+    only (what `otel-workflow ui` serves, over a read-only store); `stop()` shuts the server down
+    gracefully. The store stays open: its owner closes it.
     Use as a context manager to start and stop.
     """
 
@@ -173,6 +181,7 @@ class Collector:
         *,
         host: str = DEFAULT_HOST,
         port: int = DEFAULT_PORT,
+        grpc_port: int | None = None,
         token: str | None = None,
         limits: ReceiverLimits | None = None,
         log_level: str = "warning",
@@ -181,17 +190,31 @@ class Collector:
         self.store = store
         self.limits = limits or ReceiverLimits()
         check_exposure(host, token)
+        intake = Intake(store, self.limits) if ingest else None
         self.app = create_app(
-            store, token=token, limits=self.limits, loopback_only=is_loopback(host), ingest=ingest
+            store,
+            token=token,
+            limits=self.limits,
+            loopback_only=is_loopback(host),
+            ingest=intake if intake is not None else False,
         )
         self._socket = _bind(host, port)
         self.url = _url(self._socket)
         self.port: int = self._socket.getsockname()[1]
         self._server = uvicorn.Server(_uvicorn_config(self.app, self.limits, log_level, console=False))
         self._thread: threading.Thread | None = None
+        self.grpc: GrpcReceiver | None = None
+        if intake is not None and grpc_port is not None:
+            try:
+                self.grpc = GrpcReceiver(intake, host=host, port=grpc_port, token=token)
+            except BaseException:
+                self._socket.close()
+                raise
 
     def start(self, timeout_s: float = 10.0) -> Collector:
         """Start serving; returns once the server accepts requests."""
+        if self.grpc is not None:
+            self.grpc.start()
         self._thread = threading.Thread(
             target=self._server.run,
             kwargs={"sockets": [self._socket]},
@@ -209,6 +232,8 @@ class Collector:
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """Finish the requests in progress (bounded) and stop. Idempotent."""
+        if self.grpc is not None:
+            self.grpc.stop(self.limits.body_timeout_s)
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout_s)
@@ -227,19 +252,21 @@ def serve(
     port: int = DEFAULT_PORT,
     token: str | None = None,
     *,
+    grpc_port: int | None = DEFAULT_GRPC_PORT,
     limits: ReceiverLimits | None = None,
     log_level: str = "info",
     on_ready: Callable[[str], None] | None = None,
     ingest: bool = True,
 ) -> None:
-    """Run the server until SIGINT or SIGTERM: OTLP/HTTP into DuckDB at `db_path`, read API and UI over it.
+    """Run the server until SIGINT or SIGTERM: OTLP into DuckDB at `db_path`, read API and UI over it.
 
     `db_path` defaults to `$OTEL_WORKFLOW_DB` or `otel_workflow.duckdb`. Binds
-    `host:port` (127.0.0.1:4318; port 0 picks a free one); `on_ready(url)` is
-    called once the port listens (by default a line on stderr says where).
+    `host:port` for HTTP (127.0.0.1:4318; port 0 picks a free one) and `host:grpc_port` for OTLP/gRPC
+    (4317; 0 picks a free one, None serves no gRPC); `on_ready(url)` is
+    called once the ports listen (by default a line on stderr says where).
     With `ingest=False` (`otel-workflow ui`) there is no receiver and the database is opened
-    read-only, beside the application writing it. On exit, what is queued is written and the
-    database released.
+    read-only, beside the application writing it. On exit, the calls in progress finish, what is
+    queued is written and the database released.
     """
     limits = limits or ReceiverLimits()
     sql_limits = readonly.SqlLimits(timeout_s=limits.sql_timeout_s, memory_limit=limits.sql_memory_limit)
@@ -249,20 +276,29 @@ def serve(
         if ingest
         else TraceStore(path, read_only=True, sql_limits=sql_limits)
     )
+    grpc: GrpcReceiver | None = None
     try:
         check_exposure(host, token)
+        intake = Intake(store, limits) if ingest else None
         sock = _bind(host, port)
         with contextlib.closing(sock), _sigterm_as_exit():
+            if intake is not None and grpc_port is not None:
+                grpc = GrpcReceiver(intake, host=host, port=grpc_port, token=token).start()
             app = create_app(
-                store, token=token, limits=limits, loopback_only=is_loopback(host), ingest=ingest
+                store,
+                token=token,
+                limits=limits,
+                loopback_only=is_loopback(host),
+                ingest=intake if intake is not None else False,
             )
             server = uvicorn.Server(_uvicorn_config(app, limits, log_level, console=True))
             url = _url(sock)
             if on_ready is not None:
                 on_ready(url)
             elif ingest:
+                grpc_line = f"OTLP/gRPC at {grpc.address}, " if grpc is not None else ""
                 print(
-                    f"otel-workflow collector: OTLP/HTTP at {url}/v1/traces, web UI at {url}/, "
+                    f"otel-workflow collector: OTLP/HTTP at {url}/v1/traces, {grpc_line}web UI at {url}/, "
                     f"read API at {url}/api, database {store.path}",
                     file=sys.stderr,
                     flush=True,
@@ -276,7 +312,12 @@ def serve(
             with contextlib.suppress(KeyboardInterrupt, _Exit):
                 server.run(sockets=[sock])
     finally:
-        store.close()
+        try:
+            if grpc is not None:
+                # Before the store closes: the calls in progress finish and their spans are queued.
+                grpc.stop(limits.body_timeout_s)
+        finally:
+            store.close()
 
 
 class _Exit(BaseException):

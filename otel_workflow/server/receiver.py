@@ -1,5 +1,4 @@
-"""The OTLP/HTTP receiver: `POST /v1/traces` into `TraceStore.submit_spans` and `POST /v1/logs` into
-`TraceStore.submit_logs`, with their bounds, on one path (the signals differ only in decoding).
+"""The OTLP/HTTP receiver: `POST /v1/traces` and `POST /v1/logs`, the HTTP side of `intake.Intake`.
 
 It takes an `ExportTraceServiceRequest` (or `ExportLogsServiceRequest`) as `application/x-protobuf` or
 `application/json` (OTLP/JSON), plain or with `Content-Encoding: gzip` (or
@@ -11,9 +10,10 @@ all ingest slots stay busy and 503 when the store's write queue is filling up,
 both with `Retry-After`, so that exporters back off and retry instead of losing
 spans. Error bodies are `google.rpc.Status` (`otlp_error`).
 
-Decoded spans go to `TraceStore.submit_spans`, the call the in-process exporter
-makes, so the derived executions, steps and logs are the same. Retried requests
-do not duplicate rows: the store skips spans it already has.
+This module owns what is HTTP: headers, reading and decompressing the body, the answer. Decoding,
+the per-request bound, the queue check and the submit are the intake's, shared with the gRPC
+receiver; so are the ingest slots. Retried requests do not duplicate rows: the store skips spans it
+already has.
 
 The body is limited on the wire and again after decompression, which is done
 incrementally with a cap, so a gzip bomb costs at most the cap; at most
@@ -24,10 +24,8 @@ arrive within `body_timeout_s`.
 from __future__ import annotations
 
 import json
-import threading
 import zlib
-from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 import anyio
 import anyio.to_thread
@@ -36,23 +34,16 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from otel_workflow.model.errors import StoreError
-from otel_workflow.otlp.decode import DecodeError, decode_json, decode_protobuf
 from otel_workflow.otlp.encode import (
     export_response_json,
     export_response_protobuf,
     rpc_status_json,
     rpc_status_protobuf,
 )
-from otel_workflow.otlp.logs import decode_logs_json, decode_logs_protobuf
-from otel_workflow.server.limits import ReceiverLimits
-from otel_workflow.storage.store import TraceStore
+from otel_workflow.server.intake import JSON, LOGS, PROTOBUF, TRACES, Intake, Outcome, Result, Signal
 
 __all__ = ["JSON", "PROTOBUF", "Receiver", "content_kind", "otlp_error"]
 
-#: The two encodings of OTLP/HTTP, as `content_kind` names them.
-PROTOBUF: Final = "protobuf"
-JSON: Final = "json"
 _CONTENT_TYPES: Final = {
     "application/x-protobuf": PROTOBUF,
     "application/protobuf": PROTOBUF,
@@ -61,6 +52,8 @@ _CONTENT_TYPES: Final = {
 # Content-Encoding -> zlib window bits (31: gzip wrapper, 15: zlib wrapper, which is what HTTP "deflate" is).
 _ENCODINGS: Final = {"gzip": 31, "x-gzip": 31, "deflate": 15}
 _IDENTITY: Final = ("", "identity")
+# How often a request waiting for an ingest slot looks again.
+_SLOT_POLL_S: Final = 0.005
 
 # google.rpc.Code values for the error bodies (the Status message OTLP/HTTP error responses carry).
 _RPC_CODES: Final = {400: 3, 401: 16, 404: 12, 405: 12, 408: 4, 413: 8, 415: 3, 429: 8, 503: 14}
@@ -135,47 +128,12 @@ class _Inflater:
         return bytes(self._out)
 
 
-class _Counters:
-    """What the receiver did, for `/api/status`; updated from worker threads, hence the lock."""
-
-    NAMES: Final = (
-        "accepted_spans",
-        "rejected_spans",
-        "accepted_log_records",
-        "rejected_log_records",
-        "requests",
-        "busy",
-        "saturated",
-        "invalid",
-    )
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._values = dict.fromkeys(self.NAMES, 0)
-
-    def add(self, name: str, count: int = 1) -> None:
-        with self._lock:
-            self._values[name] += count
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._values)
-
-
 class Receiver:
-    """The OTLP routes, around one store. Blocking work (decoding, DuckDB) runs in worker threads."""
+    """The OTLP/HTTP routes over an `Intake`. Blocking work (decoding, DuckDB) runs in worker threads."""
 
-    def __init__(self, store: TraceStore, limits: ReceiverLimits) -> None:
-        self.store = store
-        self.limits = limits
-        self.queue_bound = store.max_queued_spans
-        self.high_water = max(1, int(self.queue_bound * limits.queue_high_water))
-        self.logs_high_water = max(1, int(store.max_queued_logs * limits.queue_high_water))
-        # Checking the queue and submitting happen under one lock, so concurrent requests cannot all
-        # see room and together overfill it.
-        self._submit_lock = threading.Lock()
-        self._slots: anyio.Semaphore | None = None
-        self.counters = _Counters()
+    def __init__(self, intake: Intake) -> None:
+        self.intake = intake
+        self.limits = intake.limits
 
     def routes(self) -> list[Route]:
         """`POST /v1/traces` and `POST /v1/logs`; metrics get a 404 that says why."""
@@ -186,25 +144,18 @@ class Receiver:
         ]
 
     async def traces(self, request: Request) -> Response:
-        return await self._receive(request, self._store_traces, behind=self._spans_behind)
+        return await self._receive(request, TRACES)
 
     async def logs(self, request: Request) -> Response:
-        return await self._receive(request, self._store_logs, behind=self._logs_behind)
+        return await self._receive(request, LOGS)
 
-    def _spans_behind(self) -> bool:
-        return self.store.queued >= self.high_water
-
-    def _logs_behind(self) -> bool:
-        return self.store.queued_logs >= self.logs_high_water
-
-    async def _receive(
-        self, request: Request, store_body: Callable[[bytes, str], Response], *, behind: Callable[[], bool]
-    ) -> Response:
-        """The path every signal shares: content type and encoding, the body limits, back-pressure and
-        the ingest slots; then `store_body(body, kind)` in a worker thread."""
+    async def _receive(self, request: Request, signal: Signal) -> Response:
+        """Content type and encoding, the body limits, back-pressure and the ingest slots; then the
+        intake in a worker thread."""
+        counters = self.intake.counters
         kind = content_kind(request.headers.get("content-type"))
         if kind is None:
-            self.counters.add("invalid", 1)
+            counters.add("invalid", 1)
             return otlp_error(
                 415,
                 "unsupported content type: send application/x-protobuf or application/json "
@@ -213,7 +164,7 @@ class Receiver:
             )
         coding = request.headers.get("content-encoding", "").strip().lower()
         if coding not in _IDENTITY and coding not in _ENCODINGS:
-            self.counters.add("invalid", 1)
+            counters.add("invalid", 1)
             return otlp_error(
                 415, f"unsupported content encoding {coding!r}: use gzip, deflate or none", kind
             )
@@ -224,50 +175,52 @@ class Receiver:
             except ValueError:
                 return otlp_error(400, "the Content-Length header is not a number", kind)
             if too_large:
-                self.counters.add("invalid", 1)
+                counters.add("invalid", 1)
                 return self._too_large(kind)
         # Refuse early, before reading the body, when the writer is behind anyway.
-        if behind():
-            return self._saturated(kind)
-        if self._slots is None:
-            self._slots = anyio.Semaphore(self.limits.max_concurrent_ingest)
-        slots = self._slots
-        acquired = False
-        try:
-            slots.acquire_nowait()
-            acquired = True
-        except anyio.WouldBlock:
-            with anyio.move_on_after(self.limits.ingest_wait_s):
-                await slots.acquire()
-                acquired = True
-        if not acquired:
-            self.counters.add("busy", 1)
+        if self.intake.behind(signal):
+            return self._answer(self.intake.saturated(), kind, signal)
+        if not await self._acquire_slot():
+            counters.add("busy", 1)
             return otlp_error(
                 429, "the collector is busy with other requests; retry later", kind, self.limits.retry_after_s
             )
         try:
-            return await self._ingest(request, kind, coding, store_body)
+            return await self._ingest(request, kind, coding, signal)
         finally:
-            slots.release()
+            self.intake.slots.release()
 
-    async def _ingest(
-        self, request: Request, kind: str, coding: str, store_body: Callable[[bytes, str], Response]
-    ) -> Response:
+    async def _acquire_slot(self) -> bool:
+        """An ingest slot within `ingest_wait_s`, polled: the slots are shared with the gRPC receiver's
+        threads, and a waiting request must not hold one of the worker threads that decode."""
+        slots = self.intake.slots
+        if slots.try_acquire():
+            return True
+        with anyio.move_on_after(self.limits.ingest_wait_s):
+            while True:
+                await anyio.sleep(_SLOT_POLL_S)
+                if slots.try_acquire():
+                    return True
+        return False
+
+    async def _ingest(self, request: Request, kind: str, coding: str, signal: Signal) -> Response:
+        counters = self.intake.counters
         try:
             with anyio.fail_after(self.limits.body_timeout_s):
                 body = await self._read_body(request, coding)
         except TimeoutError:
-            self.counters.add("invalid", 1)
+            counters.add("invalid", 1)
             return otlp_error(408, f"the body did not arrive within {self.limits.body_timeout_s:g}s", kind)
         except _TooLarge:
-            self.counters.add("invalid", 1)
+            counters.add("invalid", 1)
             return self._too_large(kind)
         except (zlib.error, EOFError) as exc:
-            self.counters.add("invalid", 1)
+            counters.add("invalid", 1)
             return otlp_error(400, f"the body does not decompress as {coding}: {exc}", kind)
         except ClientDisconnect:
             return Response(status_code=400)  # nobody is listening for the answer
-        return await anyio.to_thread.run_sync(store_body, body, kind)
+        result = await anyio.to_thread.run_sync(self.intake.store_body, signal, body, kind)
+        return self._answer(result, kind, signal)
 
     async def _read_body(self, request: Request, coding: str) -> bytes:
         limit = self.limits.max_body_bytes
@@ -288,83 +241,16 @@ class Receiver:
             inflater.feed(chunk)
         return inflater.finish()
 
-    def _store_traces(self, body: bytes, kind: str) -> Response:
-        """In a worker thread: decode, check the queue, submit; the OTLP answer."""
-        counters = self.counters
-        counters.add("requests", 1)
-        try:
-            decoded = decode_protobuf(body) if kind == PROTOBUF else decode_json(body)
-        except DecodeError as exc:
-            counters.add("invalid", 1)
-            return otlp_error(400, str(exc), kind)
-        spans = decoded.spans
-        if len(spans) > self.high_water:
-            counters.add("invalid", 1)
-            return otlp_error(
-                413,
-                f"{len(spans)} spans in one request is more than this collector queues at once "
-                f"({self.high_water}); send smaller batches",
-                kind,
-            )
-        with self._submit_lock:
-            if spans and self.store.queued + len(spans) > self.high_water:
-                return self._saturated(kind)
-            try:
-                accepted = self.store.submit_spans(spans) if spans else True
-            except StoreError as exc:
-                return otlp_error(
-                    503, f"the store is not accepting spans: {exc}", kind, self.limits.retry_after_s
-                )
-        if not accepted:
-            # Only at shutdown or past the store's own bound. The client retries the whole request; the
-            # spans that were queued are not stored twice (the store skips spans it already has).
-            return self._saturated(kind)
-        counters.add("accepted_spans", len(spans))
-        counters.add("rejected_spans", decoded.rejected)
-        return _export_response(kind, decoded.rejected, decoded.error_message, "rejectedSpans")
-
-    def _store_logs(self, body: bytes, kind: str) -> Response:
-        """In a worker thread: decode log records, check the log queue, submit; the OTLP answer."""
-        counters = self.counters
-        counters.add("requests", 1)
-        try:
-            decoded = decode_logs_protobuf(body) if kind == PROTOBUF else decode_logs_json(body)
-        except DecodeError as exc:
-            counters.add("invalid", 1)
-            return otlp_error(400, str(exc), kind)
-        rows = decoded.rows
-        bound = self.logs_high_water
-        if rows.count > bound:
-            counters.add("invalid", 1)
-            return otlp_error(
-                413,
-                f"{rows.count} log records in one request is more than this collector queues at once "
-                f"({bound}); send smaller batches",
-                kind,
-            )
-        with self._submit_lock:
-            if rows.count and self.store.queued_logs + rows.count > bound:
-                return self._saturated(kind)
-            try:
-                accepted = self.store.submit_logs(rows)
-            except StoreError as exc:
-                return otlp_error(
-                    503, f"the store is not accepting log records: {exc}", kind, self.limits.retry_after_s
-                )
-        if not accepted:
-            return self._saturated(kind)
-        counters.add("accepted_log_records", rows.count)
-        counters.add("rejected_log_records", decoded.rejected)
-        return _export_response(kind, decoded.rejected, decoded.error_message, "rejectedLogRecords")
-
-    def _saturated(self, kind: str) -> Response:
-        self.counters.add("saturated", 1)
-        return otlp_error(
-            503,
-            "the collector's write queue is full; retry later",
-            kind,
-            self.limits.retry_after_s,
-        )
+    def _answer(self, result: Result, kind: str, signal: Signal) -> Response:
+        """The HTTP answer of an intake `Result`."""
+        outcome = result.outcome
+        if outcome is Outcome.STORED:
+            return _export_response(kind, result.rejected, result.rejected_message, signal.rejected_field)
+        if outcome is Outcome.INVALID:
+            return otlp_error(400, result.message, kind)
+        if outcome is Outcome.TOO_MANY:
+            return otlp_error(413, result.message, kind)
+        return otlp_error(503, result.message, kind, self.limits.retry_after_s)
 
     def _too_large(self, kind: str) -> Response:
         return otlp_error(
@@ -382,27 +268,3 @@ class Receiver:
             "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT here)",
             content_kind(request.headers.get("content-type")),
         )
-
-    def status(self) -> dict[str, Any]:
-        """The document of `/api/status`: the store's queue and drops, and what this receiver did."""
-        counts = self.counters.snapshot()
-        return {
-            "database": self.store.path,
-            "queued": self.store.queued,
-            "queue_bound": self.queue_bound,
-            "queue_high_water": self.high_water,
-            "dropped_spans": self.store.dropped_spans,
-            "dropped_by_reason": self.store.dropped_by_reason,
-            "accepted_spans": counts["accepted_spans"],
-            "rejected_spans": counts["rejected_spans"],
-            "queued_logs": self.store.queued_logs,
-            "dropped_logs": self.store.dropped_logs,
-            "accepted_log_records": counts["accepted_log_records"],
-            "rejected_log_records": counts["rejected_log_records"],
-            "requests": counts["requests"],
-            "refused": {
-                "busy": counts["busy"],
-                "saturated": counts["saturated"],
-                "invalid": counts["invalid"],
-            },
-        }

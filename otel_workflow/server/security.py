@@ -39,6 +39,7 @@ __all__ = [
     "LoopbackHosts",
     "SecurityHeaders",
     "TokenAuth",
+    "bearer_matches",
     "check_exposure",
     "host_name",
     "is_loopback",
@@ -111,9 +112,8 @@ class TokenAuth:
             await self._app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        scheme, _, credentials = headers.get("authorization", "").partition(" ")
         cookie = _cookie(headers.get("cookie", ""), TOKEN_COOKIE)
-        if (scheme.lower() == "bearer" and self._matches(credentials)) or self._matches(cookie):
+        if bearer_matches(headers.get("authorization", ""), self._token) or self._matches(cookie):
             await self._app(scope, receive, send)
             return
         url = URL(scope=scope)
@@ -204,6 +204,12 @@ class LoopbackHosts:
                 await _refusal(scope, headers, 400, message)(scope, receive, send)
                 return
         await self._app(scope, receive, send)
+
+
+def bearer_matches(authorization: str, token: bytes) -> bool:
+    """Whether an `Authorization` value (HTTP header or gRPC metadata) is `Bearer <token>`; constant time."""
+    scheme, _, credentials = authorization.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode("utf-8"), token)
 
 
 def host_name(header: str) -> str:
