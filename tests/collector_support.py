@@ -179,15 +179,29 @@ class Served:
     def traces_url(self) -> str:
         return self.collector.url + "/v1/traces"
 
+    @property
+    def grpc_address(self) -> str:
+        """`host:port` of the OTLP/gRPC receiver (`served(..., grpc=True)`)."""
+        assert self.collector.grpc is not None, "served without grpc=True"
+        return self.collector.grpc.address
+
 
 @contextlib.contextmanager
 def served(
-    db: Path, *, token: str | None = None, limits: ReceiverLimits | None = None, **store_options: Any
+    db: Path,
+    *,
+    token: str | None = None,
+    limits: ReceiverLimits | None = None,
+    grpc: bool = False,
+    **store_options: Any,
 ) -> Iterator[Served]:
-    """A store at `db` and a collector serving it on 127.0.0.1 (a free port), stopped and closed after."""
+    """A store at `db` and a collector serving it on 127.0.0.1 (free ports; OTLP/gRPC too with `grpc`),
+    stopped and closed after."""
     store = TraceStore(db, flush_interval_s=0.05, **store_options)
     try:
-        collector = Collector(store, port=0, token=token, limits=limits).start()
+        collector = Collector(
+            store, port=0, grpc_port=0 if grpc else None, token=token, limits=limits
+        ).start()
         try:
             yield Served(store, collector)
         finally:

@@ -10,7 +10,8 @@ deserializer: the request arrives as bytes and is decoded by `otlp.decode`, exac
 is (the generated `add_*Servicer_to_server` would parse every request into Python objects first).
 
 The limits are the HTTP receiver's:
-- `max_receive_message_length` is `ReceiverLimits.max_decompressed_bytes` (20 MiB by default; gRPC's
+- `max_receive_message_length` is the larger of `ReceiverLimits.max_body_bytes` and
+  `max_decompressed_bytes` (both 20 MiB by default; gRPC's
   own default of 4 MiB answers a larger batch RESOURCE_EXHAUSTED, which exporters retry, six times in
   the Python SDK, before dropping it). grpc checks it on the decompressed message, so a gzip bomb
   costs at most the limit.
@@ -71,6 +72,8 @@ class GrpcReceiver:
         self.intake = intake
         self._token = token.encode("utf-8") if token else None
         limits = intake.limits
+        # One limit for a message as sent and decompressed: what HTTP takes either way passes here too.
+        receive_limit = max(limits.max_body_bytes, limits.max_decompressed_bytes)
         self._executor = futures.ThreadPoolExecutor(
             max_workers=limits.max_concurrent_ingest + _EXTRA_THREADS, thread_name_prefix="otel-workflow-grpc"
         )
@@ -79,7 +82,7 @@ class GrpcReceiver:
             handlers=[self._service(TRACE_SERVICE, TRACES), self._service(LOGS_SERVICE, LOGS)],
             maximum_concurrent_rpcs=limits.max_connections,
             options=[
-                ("grpc.max_receive_message_length", limits.max_decompressed_bytes),
+                ("grpc.max_receive_message_length", receive_limit),
                 ("grpc.max_send_message_length", 1024 * 1024),
                 ("grpc.max_concurrent_streams", _MAX_STREAMS_PER_CONNECTION),
                 ("grpc.max_connection_age_ms", _MAX_CONNECTION_AGE_S * 1000),
