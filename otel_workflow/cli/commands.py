@@ -559,7 +559,7 @@ def _run_server(
             on_ready=on_ready,
             ingest=ingest,
         )
-    except StoreError as exc:
+    except (StoreError, ImportError) as exc:
         raise CommandError(first_line(exc)) from exc
 
 

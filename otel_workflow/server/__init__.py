@@ -1,7 +1,7 @@
-"""`otel-workflow serve`: the OTLP/HTTP receiver, the JSON API, its security layers, the app.
+"""`otel-workflow serve`: the OTLP receivers (HTTP and gRPC), the JSON API, its security layers, the app.
 
-Every module here needs Starlette and uvicorn (the `collector` extra); importing any of them without
-says which extra to install.
+Every module here needs Starlette and uvicorn (the `collector` and `ui` extras); importing any of them
+without says which extra to install. `grpc_receiver` also needs grpcio (the `collector` extra).
 """
 
 try:

@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import uvicorn
 from starlette.applications import Starlette
@@ -46,7 +46,6 @@ from starlette.applications import Starlette
 from otel_workflow.query import readonly
 from otel_workflow.sdk.setup import default_db_path
 from otel_workflow.server.api import BadRequest, ReadApi, bad_request
-from otel_workflow.server.grpc_receiver import GrpcReceiver
 from otel_workflow.server.intake import Intake
 from otel_workflow.server.limits import ReceiverLimits
 from otel_workflow.server.receiver import Receiver
@@ -61,6 +60,9 @@ from otel_workflow.server.security import (
 )
 from otel_workflow.server.ui.pages import UiPages
 from otel_workflow.storage.store import TraceStore
+
+if TYPE_CHECKING:
+    from otel_workflow.server.grpc_receiver import GrpcReceiver
 
 __all__ = [
     "DEFAULT_GRPC_PORT",
@@ -121,6 +123,19 @@ def create_app(
 def _reader_status(store: TraceStore) -> dict[str, Any]:
     """`/api/status` of a server that does not ingest."""
     return {"database": store.path, "read_only": store.read_only, "ingest": False}
+
+
+def _grpc_receiver(intake: Intake, host: str, port: int, token: str | None) -> GrpcReceiver:
+    # Imported here: grpcio is in the `collector` extra, and `otel-workflow ui` (the `ui` extra) runs
+    # this module without it.
+    try:
+        from otel_workflow.server.grpc_receiver import GrpcReceiver  # noqa: PLC0415
+    except ImportError as exc:
+        raise ImportError(
+            f"OTLP/gRPC needs grpcio ({exc}): pip install 'otel-workflow[collector]', or turn gRPC off "
+            "(--grpc-port 0)"
+        ) from exc
+    return GrpcReceiver(intake, host=host, port=port, token=token)
 
 
 # -- running ---------------------------------------------------------------------------------------
@@ -206,7 +221,7 @@ class Collector:
         self.grpc: GrpcReceiver | None = None
         if intake is not None and grpc_port is not None:
             try:
-                self.grpc = GrpcReceiver(intake, host=host, port=grpc_port, token=token)
+                self.grpc = _grpc_receiver(intake, host, grpc_port, token)
             except BaseException:
                 self._socket.close()
                 raise
@@ -283,7 +298,7 @@ def serve(
         sock = _bind(host, port)
         with contextlib.closing(sock), _sigterm_as_exit():
             if intake is not None and grpc_port is not None:
-                grpc = GrpcReceiver(intake, host=host, port=grpc_port, token=token).start()
+                grpc = _grpc_receiver(intake, host, grpc_port, token).start()
             app = create_app(
                 store,
                 token=token,
