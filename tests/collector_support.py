@@ -11,10 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, SpanKind, StatusCode
 
-from otel_workflow import TraceStore, WorkflowTracer, capture_io
+from otel_workflow import TraceStore, WorkflowSpanProcessor, WorkflowTracer, capture_io
 from otel_workflow.server.app import Collector, ReceiverLimits
 
 #: The tables and views a span turns into; comparing them all is what "derived the same" means.
@@ -56,6 +60,22 @@ def run_pipeline(provider: TracerProvider, *, runs: int = 1, workflow_id: str = 
         raise ValueError("boom")
     ids.append(failing.execution_id)
     return ids
+
+
+def pipeline_spans(runs: int = 1) -> list[ReadableSpan]:
+    """The spans of the test pipeline, kept in memory."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "memory"}), shutdown_on_exit=False)
+    provider.add_span_processor(WorkflowSpanProcessor())
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    run_pipeline(provider, runs=runs)
+    provider.shutdown()
+    return list(memory.get_finished_spans())
+
+
+def protobuf_body(spans: list[ReadableSpan]) -> bytes:
+    """`spans` as the binary ExportTraceServiceRequest the OTLP exporters send."""
+    return bytes(encode_spans(spans).SerializeToString())
 
 
 def dump(store: TraceStore, table: str) -> list[tuple[Any, ...]]:

@@ -23,23 +23,30 @@ from typing import Any
 
 import httpx
 import pytest
-from collector_support import Served, assert_same_rows, otlp_json, post, post_json, run_pipeline, served
+from collector_support import (
+    Served,
+    assert_same_rows,
+    otlp_json,
+    pipeline_spans,
+    post,
+    post_json,
+    protobuf_body,
+    run_pipeline,
+    served,
+)
 from conftest import make_traced
 from google.rpc import status_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from reliability_support import lock_held
 from support import wait_until
 
-from otel_workflow import TraceStore, WorkflowSpanProcessor
+from otel_workflow import TraceStore
 from otel_workflow.export.files import export_otlp_json
 from otel_workflow.server.app import DEFAULT_HOST, DEFAULT_PORT, Collector, ReceiverLimits, serve
 from otel_workflow.server.security import check_exposure
@@ -51,21 +58,6 @@ PROTOBUF = "application/x-protobuf"
 def collector(tmp_path: Path) -> Iterator[Served]:
     with served(tmp_path / "collector.duckdb") as server:
         yield server
-
-
-def pipeline_spans(runs: int = 1) -> list[ReadableSpan]:
-    """The spans of the test pipeline, kept in memory."""
-    memory = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": "memory"}), shutdown_on_exit=False)
-    provider.add_span_processor(WorkflowSpanProcessor())
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    run_pipeline(provider, runs=runs)
-    provider.shutdown()
-    return list(memory.get_finished_spans())
-
-
-def protobuf_body(spans: list[ReadableSpan]) -> bytes:
-    return bytes(encode_spans(spans).SerializeToString())
 
 
 def count(store: TraceStore, query: str) -> Any:

@@ -26,19 +26,16 @@ import h2.connection
 import h2.events
 import httpx
 import pytest
-from collector_support import Served, assert_same_rows, run_pipeline, served
+from collector_support import Served, assert_same_rows, pipeline_spans, protobuf_body, run_pipeline, served
 from conftest import make_traced
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from reliability_support import lock_held
 
-from otel_workflow import TraceStore, WorkflowSpanProcessor
+from otel_workflow import TraceStore
 from otel_workflow.server.app import ReceiverLimits
 
 TRACES_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
@@ -50,20 +47,6 @@ RETRYABLE = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
 def collector(tmp_path: Path) -> Iterator[Served]:
     with served(tmp_path / "collector.duckdb", grpc=True) as server:
         yield server
-
-
-def pipeline_spans(runs: int = 1) -> list[ReadableSpan]:
-    memory = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": "memory"}), shutdown_on_exit=False)
-    provider.add_span_processor(WorkflowSpanProcessor())
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    run_pipeline(provider, runs=runs)
-    provider.shutdown()
-    return list(memory.get_finished_spans())
-
-
-def body_of(spans: list[ReadableSpan]) -> bytes:
-    return bytes(encode_spans(spans).SerializeToString())
 
 
 def raw_stub(address: str, method: str = TRACES_METHOD, **options: Any) -> grpc.UnaryUnaryMultiCallable:
@@ -276,7 +259,7 @@ def small_collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served
 
 
 def _valid_body() -> bytes:
-    return body_of(pipeline_spans())
+    return protobuf_body(pipeline_spans())
 
 
 @pytest.mark.parametrize(
@@ -341,7 +324,7 @@ def test_a_flood_of_concurrent_calls_is_answered_and_every_acknowledged_span_is_
 ) -> None:
     limits = ReceiverLimits(max_connections=8, max_concurrent_ingest=2, ingest_wait_s=0.5)
     with served(tmp_path / "c.duckdb", limits=limits, grpc=True) as server:
-        bodies = [body_of(pipeline_spans()) for _ in range(200)]
+        bodies = [protobuf_body(pipeline_spans()) for _ in range(200)]
         stub = raw_stub(server.grpc_address)
         calls = [stub.future(body, timeout=60) for body in bodies]
         acknowledged, refused = 0, 0
@@ -358,7 +341,7 @@ def test_a_flood_of_concurrent_calls_is_answered_and_every_acknowledged_span_is_
         assert server.store.flush(30)
         assert count(server.store, "SELECT count(*) FROM spans") == acknowledged * len(pipeline_spans())
         # and it serves again once the flood is over
-        assert stub(body_of(pipeline_spans()), timeout=20) == b""
+        assert stub(protobuf_body(pipeline_spans()), timeout=20) == b""
 
 
 # -- limits, back-pressure, token -----------------------------------------------------------------
@@ -390,9 +373,9 @@ def test_a_saturated_writer_answers_unavailable_and_the_exporter_retries_without
         assert 25 < len(first) < 50
         stub = raw_stub(server.grpc_address)
         with lock_held(tmp_path, db):
-            assert stub(body_of(first), timeout=20) == b""
+            assert stub(protobuf_body(first), timeout=20) == b""
             with pytest.raises(grpc.RpcError) as refused:
-                stub(body_of(second), timeout=20)
+                stub(protobuf_body(second), timeout=20)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
             assert retry_delay_s(refused.value) == 1
             # The real exporter follows the retry info until the lock goes away.
@@ -463,7 +446,7 @@ def test_sigterm_during_a_grpc_stream_loses_no_acknowledged_span(tmp_path: Path)
         while not stop.is_set():
             spans = pipeline_spans()
             try:
-                stub(body_of(spans), timeout=10)
+                stub(protobuf_body(spans), timeout=10)
             except grpc.RpcError:
                 return  # the server is going away: nothing more is acknowledged
             acknowledged.extend(f"{span.context.span_id:016x}" for span in spans if span.context)
