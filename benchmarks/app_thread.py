@@ -62,13 +62,15 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from otel_workflow import DuckDBSpanExporter, TraceStore, WorkflowSpanProcessor, WorkflowTracer
 from otel_workflow.ingest.convert import SpanConverter
 
-SETUPS = ("sdk", "bsp-noop", "bsp-otlp", "ours", "processor", "convert", "bsp-busy")
+SETUPS = ("sdk", "bsp-noop", "bsp-otlp", "ours", "ours-process", "processor", "convert", "bsp-busy")
 
 # The targets (ours against both baselines), then the split of ours against the no-op baseline: the
 # processor, the processor and the conversion, and the control.
 RATIOS = (
     ("ours", "bsp-noop"),
     ("ours", "bsp-otlp"),
+    ("ours-process", "bsp-noop"),
+    ("ours-process", "bsp-otlp"),
     ("processor", "bsp-noop"),
     ("convert", "bsp-noop"),
     ("bsp-busy", "bsp-noop"),
@@ -183,9 +185,16 @@ def make_provider(
 
         exporter = OTLPSpanExporter(endpoint=otlp_endpoint)
         provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=queue))
-    elif setup == "ours":
+    elif setup in ("ours", "ours-process"):
         # Each execution and step span is queued twice (started, for its live row, and finished).
-        store = TraceStore(folder / f"{time.monotonic_ns()}.duckdb", max_queued_spans=3 * queue)
+        store = TraceStore(
+            folder / f"{time.monotonic_ns()}.duckdb",
+            max_queued_spans=3 * queue,
+            writer_process=setup == "ours-process",
+        )
+        if setup == "ours-process":
+            # The writer process imports DuckDB once, at the application's start: not part of the run.
+            store.wait_for_writer_process()
         provider.add_span_processor(WorkflowSpanProcessor(store))
         provider.add_span_processor(BatchSpanProcessor(DuckDBSpanExporter(store), max_queue_size=queue))
     elif setup == "processor":

@@ -67,6 +67,7 @@ def configure(
     log_level: int = logging.INFO,
     max_queued_spans: int = DEFAULT_MAX_QUEUED_SPANS,
     shutdown_timeout_s: float = 10.0,
+    writer_process: bool = False,
 ) -> WorkflowTelemetry:
     """Store workflow spans in DuckDB at `db_path` (default: `default_db_path()`).
 
@@ -81,7 +82,8 @@ def configure(
     the root logger; the logger provider is set as the global one unless another is already set.
     `max_queued_spans` bounds what waits
     for the database (beyond it spans are dropped and counted); `shutdown_timeout_s`
-    bounds how long shutdown may take to write what is queued.
+    bounds how long shutdown may take to write what is queued. `writer_process=True` runs DuckDB in
+    a child process that alone holds the file (`TraceStore`'s option of the same name).
     """
     owns_provider = tracer_provider is None
     if tracer_provider is None:
@@ -93,6 +95,7 @@ def configure(
         db_path if db_path is not None else default_db_path(),
         max_queued_spans=max_queued_spans,
         shutdown_timeout_s=shutdown_timeout_s,
+        writer_process=writer_process,
     )
     processors: list[SpanProcessor] = [
         WorkflowSpanProcessor(store),

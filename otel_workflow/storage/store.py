@@ -56,6 +56,7 @@ from otel_workflow.storage import prune
 from otel_workflow.storage.database import MEMORY, Database
 from otel_workflow.storage.schema import rebuild_derived
 from otel_workflow.storage.write import SpanWriteSink
+from otel_workflow.storage.writerprocess import ProcessWriteSink
 
 DEFAULT_DB_PATH = "otel_workflow.duckdb"
 # A queued span is a live SDK object of 2-3 KB: 50,000 of them bound the queue near 150 MB
@@ -82,6 +83,10 @@ class TraceStore:
     steps together (`close`, the exporter's `shutdown`, the exit hook);
     `drop_log_interval_s` is how often, at most, drops are logged.
 
+    `writer_process=True` has a child process hold the file and run the DuckDB statements
+    (`storage.writerprocess`): this process only converts spans and hands the rows over, so the
+    DuckDB client no longer competes with the application for its GIL. Needs a database file.
+
     SQL from outside (`read_sql`, and `sql`/`arrow` of a read-only store) runs in the
     sandbox of `readonly`: it sees this database and nothing else, under `sql_limits`
     (time limit 30 s, memory limit 1 GB by default).
@@ -99,15 +104,23 @@ class TraceStore:
         shutdown_timeout_s: float = 10.0,
         drop_log_interval_s: float = 60.0,
         sql_limits: readonly.SqlLimits | None = None,
+        writer_process: bool = False,
     ) -> None:
         self.path = self.resolve_path(path)
         self.read_only = read_only
         self.sql_limits = sql_limits or readonly.SqlLimits()
         self._closed = False
         self._database = Database(self.path, read_only=read_only, lock_timeout_s=lock_timeout_s)
-        sink = SpanWriteSink(self._database, SpanConverter())
+        local = SpanWriteSink(self._database, SpanConverter())
+        self._process_sink: ProcessWriteSink | None = None
+        if writer_process and not read_only:
+            if self._database.in_memory:
+                raise StoreError(
+                    "writer_process=True needs a database file: an in-memory database lives in this process"
+                )
+            self._process_sink = ProcessWriteSink(local)
         self._writer = BackgroundWriter(
-            sink,
+            self._process_sink or local,
             max_queued=max_queued_spans,
             max_queued_logs=max_queued_logs,
             flush_interval_s=flush_interval_s,
@@ -115,10 +128,13 @@ class TraceStore:
             drop_log_interval_s=drop_log_interval_s,
             shutdown_timeout_s=shutdown_timeout_s,
         )
-        sink.count_failed_live_rows = self._writer.drops.add_live_rows
-        sink.count_rejected_logs = functools.partial(self._writer.drops.add_logs, reason=REJECTED)
+        local.count_failed_live_rows = self._writer.drops.add_live_rows
+        local.count_rejected_logs = functools.partial(self._writer.drops.add_logs, reason=REJECTED)
+        if self._process_sink is not None:
+            self._process_sink.count_rejected_logs = local.count_rejected_logs
+            self._process_sink.start()
         if not read_only:
-            if not sink.converter.native:
+            if not local.converter.native:
                 prepare_conversion()
             # Flush at exit without closing: the TracerProvider's exit hook may still export after this.
             atexit.register(_flush_at_exit, weakref.ref(self))
@@ -217,6 +233,11 @@ class TraceStore:
         """The bound of the write queue (live rows and finished spans together)."""
         return self._writer.max_queued
 
+    def wait_for_writer_process(self) -> bool:
+        """With `writer_process=True`: wait until the writer process has started (it imports DuckDB
+        first); False if it could not start and this process writes instead. True at once without one."""
+        return self._process_sink is None or self._process_sink.wait_ready()
+
     def flush(self, timeout_s: float | None = 30.0) -> bool:
         """Wait until everything queued so far is written. False if the timeout passed first."""
         return self._writer.flush(timeout_s)
@@ -235,7 +256,11 @@ class TraceStore:
         """
         if self.read_only:
             return True
-        return self._writer.close(self._writer.shutdown_wait(timeout_s))
+        closed = self._writer.close(self._writer.shutdown_wait(timeout_s))
+        if self._process_sink is not None:
+            # Given up on (the writer hangs in it): killed, so that nothing of it outlives the store.
+            self._process_sink.close(kill=not closed)
+        return closed
 
     def close(self, timeout_s: float | None = None) -> None:
         """Flush and release the database (bounded as `close_writer`). Idempotent."""

@@ -84,7 +84,22 @@ class SpanWriteSink:
         logs: Sequence[LogRows] = (),
     ) -> int:
         """One transaction: live rows, finished spans, log records, interrupted marks, dropped
-        executions' live rows.
+        executions' live rows. Returns how many spans were rejected (see `write_rows`)."""
+        return self.write_rows(
+            finished, self.running_table(running), final=final, forget=forget, commit=commit, logs=logs
+        )
+
+    def write_rows(
+        self,
+        finished: Sequence[ConvertedSpans],
+        live: pa.Table | None,
+        *,
+        final: bool,
+        forget: Sequence[str],
+        commit: Callable[[Callable[[], object]], None],
+        logs: Sequence[LogRows] = (),
+    ) -> int:
+        """`write` with the live rows already made (`running_table`): what a writer process receives.
 
         Returns how many spans were rejected. Should the database refuse the batch because of what
         some span holds (a constraint, a value out of range), the batch is halved until the span is
@@ -92,32 +107,32 @@ class SpanWriteSink:
         (their rows are made to be storable: refused, they are counted as rejected).
         """
         try:
-            self._write_once(finished, running, final, forget, commit, logs=logs)
+            self._write_once(finished, live, final, forget, commit, logs=logs)
             return 0
         except _DATA_ERRORS:
             if logs:
-                rejected = self.write(finished, running, final=final, forget=forget, commit=commit)
+                rejected = self.write_rows(finished, live, final=final, forget=forget, commit=commit)
                 self._write_logs_alone(logs, commit)
                 return rejected
             if not finished:
                 raise
             logger.debug("otel-workflow: the database refused a batch; looking for the span", exc_info=True)
         if len(finished) == 1 and finished[0].count == 1:
-            return 1 + self.write((), running, final=final, forget=forget, commit=commit)
+            return 1 + self.write_rows((), live, final=final, forget=forget, commit=commit)
         if len(finished) > 1:
             middle = len(finished) // 2
             first, rest = finished[:middle], finished[middle:]
         else:
             halves = finished[0].tables().halves()
             first, rest = [ConvertedSpans.of(halves[0])], [ConvertedSpans.of(halves[1])]
-        rejected = self.write(first, running, final=False, forget=forget, commit=commit)
-        return rejected + self.write(rest, (), final=final, forget=(), commit=commit)
+        rejected = self.write_rows(first, live, final=False, forget=forget, commit=commit)
+        return rejected + self.write_rows(rest, None, final=final, forget=(), commit=commit)
 
     def _write_logs_alone(
         self, logs: Sequence[LogRows], commit: Callable[[Callable[[], object]], None]
     ) -> None:
         try:
-            self._write_once((), (), False, (), commit, logs=logs)
+            self._write_once((), None, False, (), commit, logs=logs)
         except _DATA_ERRORS:
             logger.debug("otel-workflow: the database refused a batch of log records", exc_info=True)
             self.count_rejected_logs(sum(rows.count for rows in logs))
@@ -125,7 +140,7 @@ class SpanWriteSink:
     def _write_once(
         self,
         finished: Sequence[ConvertedSpans],
-        running: Sequence[weakref.ref[ReadableSpan]],
+        live: pa.Table | None,
         final: bool,
         forget: Sequence[str],
         commit: Callable[[Callable[[], object]], None],
@@ -133,7 +148,6 @@ class SpanWriteSink:
         logs: Sequence[LogRows] = (),
     ) -> None:
         batch = tables_of(finished) if finished else None
-        live = self._running_rows(running)
         log_rows = pa.concat_tables([rows.table for rows in logs]) if logs else None
         if batch is None and live is None and log_rows is None and not final and not forget:
             return
@@ -203,7 +217,7 @@ class SpanWriteSink:
             self._convert_parts(spans[:middle], parts)
             self._convert_parts(spans[middle:], parts)
 
-    def _running_rows(self, started: Sequence[weakref.ref[ReadableSpan]]) -> pa.Table | None:
+    def running_table(self, started: Sequence[weakref.ref[ReadableSpan]]) -> pa.Table | None:
         """Live rows for the spans that are still running (an ended one is in this or a coming batch)."""
         running = [span for ref in started if (span := ref()) is not None and span.end_time is None]
         parts, failed = self.convert(running)
