@@ -249,10 +249,10 @@ def test_series_arguments_are_checked(traced: Traced) -> None:
 
 def test_the_tables_and_views_with_their_columns(traced: Traced) -> None:
     tables = {table.name: table for table in traced.store.tables()}
-    assert {"spans", "span_events", "running_spans", "executions", "steps"} <= {
+    assert {"spans", "span_events", "running_spans", "executions"} <= {
         name for name, table in tables.items() if table.kind == "table"
     }
-    assert {"workflow_executions", "execution_steps", "execution_logs"} <= {
+    assert {"steps", "workflow_executions", "execution_steps", "execution_logs"} <= {
         name for name, table in tables.items() if table.kind == "view"
     }
     columns = [(column.name, column.type) for column in tables["spans"].columns]

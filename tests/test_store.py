@@ -377,12 +377,34 @@ def test_derived_tables_rebuild_from_the_raw_spans_alone(traced: Traced) -> None
     executions, steps = traced.store.sql(query_executions), traced.store.sql(query_steps)
     assert len(executions) == 1 and len(steps) == 3
     assert {row[2]: row[6] for row in steps}["nested"] == {row[2]: row[0] for row in steps}["validate"]
-    traced.store.sql("DELETE FROM steps")
     traced.store.sql("DELETE FROM executions")
-    assert traced.store.sql("SELECT count(*) FROM execution_steps") == [(0,)]
+    assert traced.store.sql("SELECT count(*) FROM workflow_executions") == [(0,)]
     traced.store.rebuild_derived()
     assert traced.store.sql(query_executions) == executions
+    # The steps are a view of the step spans: nothing of theirs to lose or rebuild.
     assert traced.store.sql(query_steps) == steps
+
+
+def test_a_version_2_file_has_its_steps_table_replaced_by_the_view(traced: Traced) -> None:
+    with traced.wf.execution(trigger_type="cron"):
+        with traced.wf.step("validate"):
+            pass
+        with pytest.raises(ValueError), traced.wf.step("charge"):
+            raise ValueError("boom")
+    traced.sync()
+    steps = traced.store.sql("SELECT * FROM execution_steps ORDER BY id")
+    traced.store.close()
+    with duckdb.connect(str(traced.store.path)) as connection:  # back to version 2: a table of the steps
+        connection.execute("CREATE TABLE old_steps AS SELECT * FROM steps")
+        connection.execute("DROP VIEW steps")
+        connection.execute("ALTER TABLE old_steps RENAME TO steps")
+        connection.execute(f"DELETE FROM {VERSION_TABLE}")
+        connection.execute(f"INSERT INTO {VERSION_TABLE} VALUES (2, now())")
+    with TraceStore(traced.store.path) as store:
+        assert store.sql(f"SELECT max(version) FROM {VERSION_TABLE}") == [(SCHEMA_VERSION,)]
+        kinds = store.sql("SELECT 'view' FROM duckdb_views() WHERE view_name = 'steps'")
+        assert kinds == [("view",)]
+        assert store.sql("SELECT * FROM execution_steps ORDER BY id") == steps
 
 
 def test_a_read_only_store_does_not_load_what_only_writing_needs(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ def prune(connection: duckdb.DuckDBPyConnection, cutoff: datetime, *, dry_run: b
         before = connection.execute(derived).fetchone() or (0, 0, 0)
         traces = _count(connection, "SELECT count(*) FROM _prune_traces")
         removed: dict[str, int] = {}
-        for table in ("span_events", "span_links", "running_spans", "executions", "steps", "spans"):
+        for table in ("span_events", "span_links", "running_spans", "executions", "spans"):
             removed[table] = _count(
                 connection, f"DELETE FROM {table} WHERE trace_id IN (SELECT trace_id FROM _prune_traces)"
             )

@@ -4,10 +4,10 @@ Raw tables (`spans`, `span_events`, `span_links`) are the primary record; they a
 `running_spans` are made from one column table (`ingest.columns`). The workflow
 columns of `spans` are promoted at ingest by `conventions.recognise` from the
 span's own name and attributes. The derived relations of DESIGN.md are
-views: `workflow_executions` and `execution_steps` over the small `executions`
-and `steps` tables (one row per ended execution / step, written in the same
-transaction as its span, rebuildable from `spans` by `rebuild_derived`) and the
-live `running_spans`; `execution_logs` over those and `span_events`.
+views: `workflow_executions` over the small `executions` table (one row per ended
+execution, written in the same transaction as its span, rebuildable from `spans` by
+`rebuild_derived`) and the live `running_spans`; `execution_steps` over the `steps`
+view of the step spans and `running_spans`; `execution_logs` over those and `span_events`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from otel_workflow.query.logs import execution_logs_select
 from otel_workflow.storage.analytics import create_analytics
 
 # 2: `log_records`, and `execution_logs` with its rows (a version 1 file gets both when a writer opens it).
-SCHEMA_VERSION: Final = 2
+# 3: `steps` is a view of the step spans instead of a table written beside them.
+SCHEMA_VERSION: Final = 3
 
 VERSION_TABLE: Final = "otel_workflow_schema"
 
@@ -37,10 +38,10 @@ _TABLES: Final = ";\n".join(
     table.ddl() for table in (SPANS, SPAN_EVENTS, SPAN_LINKS, RUNNING_SPANS, LOG_RECORDS)
 )
 
-# Derived tables, filled at ingest from the same batch (in the same transaction) and rebuildable from
-# `spans` alone by `rebuild_derived`. Measured at 10M spans (benchmarks/queries.py), views that
-# filtered `spans` for executions and joined steps to their parents took 0.2-1.7 s per question;
-# these small tables answer in milliseconds.
+# The derived table of executions, filled at ingest from the same batch (in the same transaction) and
+# rebuildable from `spans` alone by `rebuild_derived`. Measured at 10M spans (benchmarks/queries.py),
+# views that filtered `spans` for executions took 0.2-1.7 s per question; this small table answers in
+# milliseconds. Steps are most of the spans, so a table of them cost as much as a view saves: see `steps`.
 _DERIVED_TABLES: Final = """
 CREATE TABLE IF NOT EXISTS executions (
     id VARCHAR NOT NULL,
@@ -62,24 +63,6 @@ CREATE TABLE IF NOT EXISTS executions (
 -- Looking an execution up by its id is the start of `show`, `logs` and the read API: an ART index makes it
 -- a point lookup instead of a scan of every id.
 CREATE INDEX IF NOT EXISTS executions_id ON executions (id);
-CREATE TABLE IF NOT EXISTS steps (
-    id VARCHAR NOT NULL,
-    execution_id VARCHAR,
-    step_name VARCHAR,
-    step_type VARCHAR,
-    status VARCHAR NOT NULL,
-    sequence_num BIGINT,
-    parent_step_id VARCHAR,
-    started_at TIMESTAMPTZ NOT NULL,
-    completed_at TIMESTAMPTZ,
-    duration_ms DOUBLE,
-    error_message VARCHAR,
-    input_data JSON,
-    output_data JSON,
-    workflow_id VARCHAR,
-    trace_id VARCHAR NOT NULL,
-    service_name VARCHAR
-);
 """
 
 _DERIVE_EXECUTIONS: Final = """
@@ -90,19 +73,21 @@ FROM {source}
 WHERE workflow_role = 'execution' AND execution_id IS NOT NULL
 """
 
-_DERIVE_STEPS: Final = """
-INSERT INTO steps
-SELECT span_id, execution_id, step_name, step_type, workflow_status, step_sequence, parent_step_id,
-       start_time, end_time, duration_ms, error_message, input_data, output_data, workflow_id, trace_id,
-       service_name
-FROM {source}
-WHERE workflow_role = 'step'
-"""
-
 _INTERRUPTED: Final = "'interrupted: the process shut down before this span ended'"
 
 
 _VIEWS: Final = f"""
+-- The ended steps: the step spans themselves. A table of them, written beside the spans at ingest, cost
+-- the writer 1.5 us per span (16% of its DuckDB time) and 26 of 94 bytes per span on disk; at 10M spans
+-- (benchmarks/queries.py) the view answers about as fast: step quantiles 224 ms (the table: 183), a
+-- waterfall 4.8 ms (4.4). Either way they read a few columns of the step rows, pruned by start time.
+CREATE OR REPLACE VIEW steps AS
+SELECT span_id AS id, execution_id, step_name, step_type, workflow_status AS status,
+       step_sequence AS sequence_num, parent_step_id, start_time AS started_at, end_time AS completed_at,
+       duration_ms, error_message, input_data, output_data, workflow_id, trace_id, service_name
+FROM spans
+WHERE workflow_role = 'step';
+
 -- `workflow_executions` is the union of the two halves below. A "newest N" query over the union cannot use
 -- DuckDB's late materialisation and read every column of every matching row (60 ms for the newest 50
 -- failed of 830k executions); over each half it reads the sort key only (5 ms), so the read API asks each
@@ -174,17 +159,22 @@ CREATE OR REPLACE VIEW execution_logs AS
 
 
 def derive_statements(source: str) -> list[str]:
-    """The statements that add the execution and step rows of the spans in relation `source` (new
-    spans only)."""
-    return [_DERIVE_EXECUTIONS.format(source=source), _DERIVE_STEPS.format(source=source)]
+    """The statements that add the execution rows of the spans in relation `source` (new spans only)."""
+    return [_DERIVE_EXECUTIONS.format(source=source)]
 
 
 def rebuild_derived(connection: duckdb.DuckDBPyConnection) -> None:
-    """Recompute `executions` and `steps` from the raw `spans` (in the caller's transaction)."""
+    """Recompute `executions` from the raw `spans` (in the caller's transaction)."""
     connection.execute("DELETE FROM executions")
-    connection.execute("DELETE FROM steps")
     for statement in derive_statements("spans"):
         connection.execute(statement)
+
+
+def _is_table(connection: duckdb.DuckDBPyConnection, name: str) -> bool:
+    found = connection.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main'", [name]
+    ).fetchone()
+    return found is not None and found[0] > 0
 
 
 def ensure_schema(connection: duckdb.DuckDBPyConnection) -> None:
@@ -192,12 +182,9 @@ def ensure_schema(connection: duckdb.DuckDBPyConnection) -> None:
 
     A file of an older version is brought up to this one in one transaction: the tables it lacks are
     made (`IF NOT EXISTS` leaves the others as they are) and the views and macros made anew; version 1 to
-    2 adds `log_records`. A file of a newer version is refused (`SchemaVersionError`)."""
-    found = connection.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main'",
-        [VERSION_TABLE],
-    ).fetchone()
-    if found is not None and found[0]:
+    2 adds `log_records`, 2 to 3 drops the `steps` table for the view of that name. A file of a newer
+    version is refused (`SchemaVersionError`)."""
+    if _is_table(connection, VERSION_TABLE):
         row = connection.execute(f"SELECT max(version) FROM {VERSION_TABLE}").fetchone()
         version = row[0] if row is not None else None
         if version is not None and version > SCHEMA_VERSION:
@@ -215,6 +202,8 @@ def ensure_schema(connection: duckdb.DuckDBPyConnection) -> None:
         )
         connection.execute(_TABLES)
         connection.execute(_DERIVED_TABLES)
+        if _is_table(connection, "steps"):  # version 2 and older: its rows are those of the view
+            connection.execute("DROP TABLE steps")
         connection.execute(_VIEWS)
         create_analytics(connection)
         connection.execute(f"INSERT INTO {VERSION_TABLE} VALUES (?, now())", [SCHEMA_VERSION])
