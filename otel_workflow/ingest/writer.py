@@ -98,6 +98,9 @@ class _Queue:
         )
 
 
+# How many converted spans the converter thread queues at a time.
+CONVERT_HANDOVER: Final = 4096
+
 # How often an idle writer asks its sink whether to let go of what it keeps (a file others wait for).
 IDLE_POLL_S: Final = 0.05
 
@@ -358,8 +361,10 @@ class BackgroundWriter:
                 pending_logs, self._logs_to_convert = self._logs_to_convert, []
             spans = [span for accepted in pending for span in accepted]
             del pending
-            if spans:
-                self._queue_converted(spans)
+            # Queued part by part: a writer that does not need the GIL (a writer process) writes the first
+            # rows of a burst while the rest is converted, instead of after all of it.
+            for first in range(0, len(spans), CONVERT_HANDOVER):
+                self._queue_converted(spans[first : first + CONVERT_HANDOVER])
             del spans  # the span objects go now, not when the next ones come
             records = [record for accepted in pending_logs for record in accepted]
             del pending_logs

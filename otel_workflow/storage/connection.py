@@ -320,11 +320,27 @@ os.register_at_fork(
 
 
 def open_instance(
-    path: str, *, read_only: bool, config: dict[str, Any] | None = None
+    path: str, *, read_only: bool, config: dict[str, Any] | None = None, row_group_size: int | None = None
 ) -> duckdb.DuckDBPyConnection:
-    """`duckdb.connect`, serialised with other opens and closes of this process (see `_instance_lock`)."""
+    """`duckdb.connect`, serialised with other opens and closes of this process (see `_instance_lock`).
+
+    With `row_group_size`, the file is attached (as the default database) to an in-memory instance with
+    that row group size, which only ATTACH can set. No other connection of the process can then open
+    the file while this one is open (DuckDB: "Unique file handle conflict"): for a process that is the
+    file's only user, the writer process."""
     with _instance_lock:
-        return duckdb.connect(path, read_only=read_only, config=config or {})
+        if row_group_size is None:
+            return duckdb.connect(path, read_only=read_only, config=config or {})
+        connection = duckdb.connect(":memory:", config=config or {})
+        try:
+            quoted = path.replace("'", "''")
+            mode = ", READ_ONLY" if read_only else ""
+            connection.execute(f"ATTACH '{quoted}' AS store (ROW_GROUP_SIZE {int(row_group_size)}{mode})")
+            connection.execute("USE store")
+        except BaseException:
+            connection.close()
+            raise
+        return connection
 
 
 def close_instance(connection: duckdb.DuckDBPyConnection) -> None:

@@ -57,11 +57,16 @@ _inherited_memory: list[duckdb.DuckDBPyConnection] = []
 class Database:
     """One database file (or `":memory:"`) and the connections this process has to it.
 
-    `writer_id` names this process's writer in the live rows it writes (`liveness`).
+    `writer_id` names this process's writer in the live rows it writes (`liveness`). `row_group_size`
+    (the writer process's) has DuckDB write row groups of that many rows instead of 122,880.
     """
 
-    def __init__(self, path: str, *, read_only: bool, lock_timeout_s: float) -> None:
+    def __init__(
+        self, path: str, *, read_only: bool, lock_timeout_s: float, row_group_size: int | None = None
+    ) -> None:
         self.path = path
+        # Set only where this process is the file's only user (`connection.open_instance`).
+        self.row_group_size = row_group_size
         self.lock_timeout_s = lock_timeout_s
         self.writer_id = liveness.new_writer_id()
         self._memory: duckdb.DuckDBPyConnection | None = None
@@ -254,7 +259,9 @@ class Database:
         delay = 0.005
         while True:
             try:
-                return open_instance(self.path, read_only=read_only, config=config)
+                return open_instance(
+                    self.path, read_only=read_only, config=config, row_group_size=self.row_group_size
+                )
             except duckdb.Error as exc:
                 if not is_lock_conflict(exc):
                     raise

@@ -33,6 +33,11 @@ logger = logging.getLogger("otel_workflow")
 
 _STOPPED_COMMIT: Final = "the store aborted the transaction"
 
+# This process is the file's only user, so it can attach the file with a row group size of its own.
+# A write cycle of 20,000 spans is then logged at commit and rewritten at a checkpoint in smaller row
+# groups, which DuckDB writes for less CPU and, at this size, fewer bytes than its default 122,880 rows.
+ROW_GROUP_SIZE: Final = 65_536
+
 
 class WriterChild:
     """One conversation partner of a store: opens the database at the first write."""
@@ -75,7 +80,9 @@ class WriterChild:
     def _sink_for_writes(self) -> SpanWriteSink:
         if self._sink is None:
             # The application process made the file and its schema already; this opens it for writing.
-            database = Database(self.path, read_only=False, lock_timeout_s=self.lock_timeout_s)
+            database = Database(
+                self.path, read_only=False, lock_timeout_s=self.lock_timeout_s, row_group_size=ROW_GROUP_SIZE
+            )
             self._sink = SpanWriteSink(database, SpanConverter())
             self._sink.count_rejected_logs = self._count_rejected_logs
         return self._sink
