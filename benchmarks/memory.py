@@ -17,9 +17,12 @@ by a thread), and at the end, with what was stored and what was dropped:
   (`max_queued_spans=20,000`) and a big BatchSpanProcessor queue, so the writer cannot keep up: RSS must
   stay bounded and the drop count must say what was lost.
 - `baseline`: the same process with the SDK and no processor, producing the same spans (the floor).
+- `flow-process`, `overload-process`: the same with `TraceStore(db, writer_process=True)`; RSS is
+  then the application's plus its writer process's, sampled together.
 - `10m`: a store opened on a database that already holds `--big` spans (made by benchmarks/queries.py's
   generator) while `--more` (100,000) more are ingested: RSS at a large database. Run twice: as installed,
-  and as if pandas were not installed (pyarrow imports it, about 50 MB, on its first conversion).
+  and as if pandas were not installed (pyarrow imports it, about 50 MB, on its first conversion), and
+  with a writer process (both processes' RSS).
 """
 
 from __future__ import annotations
@@ -39,26 +42,35 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from otel_workflow import DuckDBSpanExporter, TraceStore, WorkflowSpanProcessor, WorkflowTracer
 
-def rss_mb():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
+def rss_mb(pid="self"):
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:  # the writer process has ended
+        pass
     return 0.0
 
+def total_mb():
+    # With a writer process, its memory counts too: what the application's work costs the machine.
+    writer = store.writer_pid if store is not None else None
+    return rss_mb() + (rss_mb(writer) if writer else 0.0)
+
+store = None
 peak = [rss_mb()]
 stop = threading.Event()
 def sample():
     while not stop.wait(0.05):
-        peak[0] = max(peak[0], rss_mb())
+        peak[0] = max(peak[0], total_mb())
 threading.Thread(target=sample, daemon=True).start()
 
-scenario, spans, db = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+scenario, spans, db, writer_process = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
 before = rss_mb()
 provider = TracerProvider(shutdown_on_exit=False)
-store = None
 if scenario in ("flow", "overload", "10m"):
     # flow and 10m: the default queue bound, what a user gets.
-    store = TraceStore(db, max_queued_spans=20_000) if scenario == "overload" else TraceStore(db)
+    queued = 20_000 if scenario == "overload" else 50_000
+    store = TraceStore(db, max_queued_spans=queued, writer_process=writer_process)
     provider.add_span_processor(WorkflowSpanProcessor(store))
     queue = 1_000_000 if scenario == "overload" else 2048
     provider.add_span_processor(BatchSpanProcessor(DuckDBSpanExporter(store), max_queue_size=queue))
@@ -101,10 +113,12 @@ sys.meta_path.insert(0, _NoPandas())
 """
 
 
-def run(scenario: str, spans: int, db: Path, *, pandas: bool = True) -> dict[str, float]:
+def run(
+    scenario: str, spans: int, db: Path, *, pandas: bool = True, writer_process: bool = False
+) -> dict[str, float]:
     code = _SCENARIO if pandas else _WITHOUT_PANDAS + _SCENARIO
     out = subprocess.run(
-        [sys.executable, "-c", code, scenario, str(spans), str(db)],
+        [sys.executable, "-c", code, scenario, str(spans), str(db), "1" if writer_process else "0"],
         check=True,
         # stdout only: a failing scenario's traceback goes to our stderr instead of being swallowed.
         stdout=subprocess.PIPE,
@@ -126,11 +140,13 @@ def main() -> None:
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; RSS in MB")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        scenarios = [("baseline", args.spans), ("flow", args.spans), ("overload", args.spans)]
-        for name, spans in scenarios:
-            result = run(name, spans, folder / f"{name}.duckdb")
+        scenarios = [("baseline", False), ("flow", False), ("overload", False)]
+        scenarios += [("flow", True), ("overload", True)]
+        for name, writer_process in scenarios:
+            label = f"{name}{'-process' if writer_process else ''}"
+            result = run(name, args.spans, folder / f"{label}.duckdb", writer_process=writer_process)
             print(
-                f"  {name:<10} made {result['made']:>10,.0f}  stored {result['stored']:>10,.0f}  "
+                f"  {label:<17} made {result['made']:>10,.0f}  stored {result['stored']:>10,.0f}  "
                 f"dropped {result['dropped']:>10,.0f}  RSS before {result['before']:>6.0f}  "
                 f"peak {result['peak']:>6.0f}  after {result['after']:>6.0f}  ({result['seconds']:.0f} s)"
             )
@@ -145,11 +161,12 @@ def main() -> None:
             with duckdb.connect(str(big)) as connection:
                 ensure_schema(connection)
                 generate(connection, args.big)
-            for pandas in (True, False):
-                result = run("10m", args.more, big, pandas=pandas)
+            for pandas, writer_process in ((True, False), (False, False), (True, True)):
+                result = run("10m", args.more, big, pandas=pandas, writer_process=writer_process)
                 print(
                     f"  {args.big:,} stored, then {args.more:,} more ingested "
-                    f"({'with' if result['pandas'] else 'without'} pandas imported): "
+                    f"({'with' if result['pandas'] else 'without'} pandas imported"
+                    f"{', writer process included' if writer_process else ''}): "
                     f"RSS peak {result['peak']:.0f} MB, after {result['after']:.0f} MB, "
                     f"dropped {result['dropped']:,.0f}"
                 )

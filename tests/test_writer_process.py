@@ -79,9 +79,7 @@ def _store(path: Path, **options: Any) -> TraceStore:
 
 
 def _writer_pid(store: TraceStore) -> int:
-    sink = store._process_sink
-    assert sink is not None
-    pid = sink.writer_pid
+    pid = store.writer_pid
     assert pid is not None
     return pid
 
@@ -202,7 +200,7 @@ with wf.execution(trigger_type="never ends"):
     with wf.step("forever"):
         time.sleep(0.3)
         store.flush()
-        print(store._process_sink.writer_pid, flush=True)
+        print(store.writer_pid, flush=True)
         time.sleep(600)
 """
 
@@ -245,7 +243,7 @@ def work(who):
                 pass
 
 work("parent")
-parent_writer = store._process_sink.writer_pid
+parent_writer = store.writer_pid
 children = []
 for index in range(2):
     pid = os.fork()

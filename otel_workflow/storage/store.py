@@ -233,6 +233,11 @@ class TraceStore:
         """The bound of the write queue (live rows and finished spans together)."""
         return self._writer.max_queued
 
+    @property
+    def writer_pid(self) -> int | None:
+        """The pid of the writer process while one runs (`writer_process=True`), else None."""
+        return None if self._process_sink is None else self._process_sink.writer_pid
+
     def wait_for_writer_process(self) -> bool:
         """With `writer_process=True`: wait until the writer process has started (it imports DuckDB
         first); False if it could not start and this process writes instead. True at once without one."""
