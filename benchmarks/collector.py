@@ -75,7 +75,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from ingest import BATCH, batches, make_spans, run_ours
+from ingest import BATCH, batches, make_spans, new_store, run_ours
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 TRANSPORTS = ("http", "grpc")
@@ -494,7 +494,7 @@ def run_baselines(work: list[Sequence[Any]], encoded: list[bytes], folder: Path,
     into.decode.append(spans / (time.perf_counter() - start))
     assert decoded == spans, (decoded, spans)
     start = time.perf_counter()
-    run_ours(work, folder)
+    run_ours(work, new_store(folder))
     into.in_process.append(spans / (time.perf_counter() - start))
 
 
