@@ -10,6 +10,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
+import duckdb
+
+from otel_workflow import TraceStore
+
 T = TypeVar("T")
 
 
@@ -47,3 +51,15 @@ def otel_workflow_command() -> list[str]:
     if os.access(script, os.X_OK):
         return [str(script)]
     return [sys.executable, "-m", "otel_workflow"]
+
+
+def refuse_spans_where(db: Path, condition: str) -> None:
+    """Add `CHECK (condition)` to the `spans` table of the database at `db` (made if missing), as a user
+    could: the database then refuses the spans that fail it, for what they hold."""
+    TraceStore(db).close()
+    with duckdb.connect(str(db)) as connection:
+        [(definition,)] = connection.execute(
+            "SELECT sql FROM duckdb_tables() WHERE table_name = 'spans'"
+        ).fetchall()
+        connection.execute("DROP TABLE spans")
+        connection.execute(definition.rstrip().rstrip(";").rstrip(")") + f", CHECK ({condition}))")

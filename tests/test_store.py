@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, format_span_id
-from support import epoch_us, wait_until
+from support import epoch_us, refuse_spans_where, wait_until
 
 from otel_workflow import (
     DuckDBSpanExporter,
@@ -253,13 +253,7 @@ def test_a_span_the_database_refuses_is_left_out_alone(db_path: Path) -> None:
     # The database may refuse a row for what it holds (here a CHECK a user added to the table): the
     # batch is halved until that span is alone, and every other span keeps its events and links.
     spans, execution_id = capture_spans()
-    TraceStore(db_path).close()
-    with duckdb.connect(str(db_path)) as connection:
-        [(definition,)] = connection.execute(
-            "SELECT sql FROM duckdb_tables() WHERE table_name = 'spans'"
-        ).fetchall()
-        connection.execute("DROP TABLE spans")
-        connection.execute(definition.rstrip().rstrip(";").rstrip(")") + ", CHECK (name NOT LIKE '%charge'))")
+    refuse_spans_where(db_path, "name NOT LIKE '%charge'")
     refused = [span for span in spans if span.name.endswith("charge")]
     assert len(refused) == 1
     with TraceStore(db_path) as store:

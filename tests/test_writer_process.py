@@ -18,14 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from reliability_support import run_python, start_python, stop
-from support import wait_until
+from support import refuse_spans_where, wait_until
 
 from otel_workflow import DuckDBSpanExporter, TraceStore, WorkflowSpanProcessor, WorkflowTracer, configure
 from otel_workflow.model.errors import StoreError
@@ -138,13 +137,7 @@ def test_a_span_the_database_refuses_is_counted_and_the_rest_stored(tmp_path: Pa
     # A CHECK added by a user refuses one span: the writer process halves the batch until it is alone,
     # asking the store before each COMMIT; the store counts the one rejection.
     db = tmp_path / "t.duckdb"
-    TraceStore(db).close()
-    with duckdb.connect(str(db)) as connection:
-        [(definition,)] = connection.execute(
-            "SELECT sql FROM duckdb_tables() WHERE table_name = 'spans'"
-        ).fetchall()
-        connection.execute("DROP TABLE spans")
-        connection.execute(definition.rstrip().rstrip(";").rstrip(")") + ", CHECK (name NOT LIKE '%step-2'))")
+    refuse_spans_where(db, "name NOT LIKE '%step-2'")
     spans = _finished_spans(1)
     store = _store(db)
     store.submit_spans(spans)
