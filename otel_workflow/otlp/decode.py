@@ -69,6 +69,8 @@ __all__ = [
     "DecodeError",
     "DecodedTraces",
     "ReceivedSpan",
+    "Rejected",
+    "Rejections",
     "attribute_values",
     "decode_any_value",
     "decode_json",
@@ -299,32 +301,52 @@ def _collected(
 ) -> DecodedTraces:
     """The spans `build` makes of each group's items; those it rejects are counted, with their reasons."""
     spans: list[ReadableSpan] = []
-    rejected = 0
-    reasons: dict[str, None] = {}
+    rejections = Rejections("span")
     for resource, scope, items in groups:
         for item in items:
             try:
                 spans.append(build(item, resource, scope))
-            except _Rejected as exc:
-                rejected += 1
-                reasons.setdefault(str(exc))
             except Exception as exc:  # a span we cannot rebuild costs only itself, never the request
-                rejected += 1
-                reasons.setdefault(f"span could not be decoded: {short_error(exc)}")
-    message = "; ".join(list(reasons)[:MAX_REASONS])
-    return DecodedTraces(spans, rejected, message)
+                rejections.add(exc)
+    return DecodedTraces(spans, rejections.count, rejections.message)
 
 
-class _Rejected(Exception):
-    """This span is invalid (the message says why); the rest of the request is kept."""
+class Rejected(Exception):
+    """This item of a request (a span, a log record) is invalid (the message says why); the rest of the
+    request is kept."""
+
+
+class Rejections:
+    """The items a request's decoding left out: how many, and why (each reason once; the first
+    `MAX_REASONS` make the message of the partial success)."""
+
+    def __init__(self, item: str) -> None:
+        self.count = 0
+        self._item = item
+        self._reasons: dict[str, None] = {}
+
+    def add(self, exc: Exception) -> None:
+        """One item left out: a `Rejected` says which rule it broke, anything else that we could not
+        rebuild it."""
+        self.count += 1
+        reason = (
+            str(exc)
+            if isinstance(exc, Rejected)
+            else f"{self._item} could not be decoded: {short_error(exc)}"
+        )
+        self._reasons.setdefault(reason)
+
+    @property
+    def message(self) -> str:
+        return "; ".join(list(self._reasons)[:MAX_REASONS])
 
 
 def _id(raw: bytes, size: int, what: str) -> int:
     if len(raw) != size:
-        raise _Rejected(f"{what} must be {size} bytes, got {len(raw)}")
+        raise Rejected(f"{what} must be {size} bytes, got {len(raw)}")
     value = int.from_bytes(raw, "big")
     if value == 0:
-        raise _Rejected(f"{what} is all zeros (invalid)")
+        raise Rejected(f"{what} is all zeros (invalid)")
     return value
 
 
@@ -556,8 +578,8 @@ def _wire_span(item: _otlpwire.SpanOrRejection, resource: Resource, scope: SdkSc
     if isinstance(item, Exception):
         raise item
     raw, size, what = item
-    _id(raw, size, what)  # raises _Rejected: the C parser returns only ids that fail its checks
-    raise _Rejected(f"{what} is invalid")
+    _id(raw, size, what)  # raises Rejected: the C parser returns only ids that fail its checks
+    raise Rejected(f"{what} is invalid")
 
 
 def _configure_wire() -> None:

@@ -14,7 +14,6 @@ any trace" and are kept as such.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +23,9 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord as PbLogRecord
 from otel_workflow.ingest.logrows import LogRowBuilder, LogRows
 from otel_workflow.instrument.capture.flag import capture_redactor
 from otel_workflow.otlp.decode import (
-    MAX_REASONS,
     DecodeError,
+    Rejected,
+    Rejections,
     attribute_values,
     decode_any_value,
     json_dicts,
@@ -34,7 +34,6 @@ from otel_workflow.otlp.decode import (
     parse_json_document,
     parse_protobuf_as,
     rewrite_hex_id,
-    short_error,
 )
 
 __all__ = ["DecodeError", "DecodedLogs", "decode_logs_json", "decode_logs_protobuf"]
@@ -57,7 +56,7 @@ def decode_logs_protobuf(body: bytes) -> DecodedLogs:
 def decode_logs_json(body: bytes | str) -> DecodedLogs:
     """The rows of an OTLP/JSON `ExportLogsServiceRequest` (hex ids); `DecodeError` if it is not one."""
     document = json_object_of(body, "ExportLogsServiceRequest")
-    rejected = 0
+    rejections = Rejections("log record")
     for resource_logs in json_dicts(json_field(document, "resourceLogs", "resource_logs")):
         for scope_logs in json_dicts(json_field(resource_logs, "scopeLogs", "scope_logs")):
             records = json_field(scope_logs, "logRecords", "log_records")
@@ -73,24 +72,17 @@ def decode_logs_json(body: bytes | str) -> DecodedLogs:
                 else:
                     # A non-hex id would become empty, which for a log record means "outside any trace":
                     # it would lose its run silently. Rejected and counted instead, as a wrong length is.
-                    rejected += 1
+                    rejections.add(Rejected("trace_id and span_id must be hex in OTLP/JSON"))
             records[:] = kept
-    reasons = ["trace_id and span_id must be hex in OTLP/JSON"] if rejected else []
     request = parse_json_document(document, ExportLogsServiceRequest())
-    return to_log_rows(request, rejected=rejected, reasons=reasons)
+    return to_log_rows(request, rejections)
 
 
-class _Rejected(Exception):
-    """This record is invalid (the message says why); the rest of the request is kept."""
-
-
-def to_log_rows(
-    request: ExportLogsServiceRequest, *, rejected: int = 0, reasons: Iterable[str] = ()
-) -> DecodedLogs:
-    """The rows of a parsed request; records with malformed ids are left out and counted (on top of
-    `rejected` records, for `reasons`, that were left out before parsing)."""
+def to_log_rows(request: ExportLogsServiceRequest, rejections: Rejections | None = None) -> DecodedLogs:
+    """The rows of a parsed request; records with malformed ids are left out and counted (in
+    `rejections`, which may hold records left out before parsing)."""
     builder = LogRowBuilder(capture_redactor())
-    seen: dict[str, None] = dict.fromkeys(reasons)
+    rejections = rejections or Rejections("log record")
     for resource_logs in request.resource_logs:
         resource = attribute_values(resource_logs.resource.attributes)
         service = resource.get("service.name")
@@ -100,13 +92,9 @@ def to_log_rows(
             for record in scope_logs.log_records:
                 try:
                     _add(builder, record, service if isinstance(service, str) else None, resource_json, scope)
-                except _Rejected as exc:
-                    rejected += 1
-                    seen.setdefault(str(exc))
                 except Exception as exc:  # a record we cannot read costs only itself, never the request
-                    rejected += 1
-                    seen.setdefault(f"log record could not be decoded: {short_error(exc)}")
-    return DecodedLogs(builder.rows(), rejected, "; ".join(list(seen)[:MAX_REASONS]))
+                    rejections.add(exc)
+    return DecodedLogs(builder.rows(), rejections.count, rejections.message)
 
 
 def _add(
@@ -135,5 +123,5 @@ def _hex_id(raw: bytes, size: int, what: str) -> str | None:
     if not raw or not any(raw):
         return None
     if len(raw) != size:
-        raise _Rejected(f"{what} must be {size} bytes or empty, got {len(raw)}")
+        raise Rejected(f"{what} must be {size} bytes or empty, got {len(raw)}")
     return raw.hex()
