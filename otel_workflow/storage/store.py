@@ -131,7 +131,6 @@ class TraceStore:
         local.count_failed_live_rows = self._writer.drops.add_live_rows
         local.count_rejected_logs = functools.partial(self._writer.drops.add_logs, reason=REJECTED)
         if self._process_sink is not None:
-            self._process_sink.count_rejected_logs = local.count_rejected_logs
             self._process_sink.start()
         if not read_only:
             if not local.converter.native:

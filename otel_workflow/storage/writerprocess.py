@@ -33,7 +33,7 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Final, NoReturn
 
 import pyarrow as pa
 from opentelemetry.sdk.trace import ReadableSpan
@@ -156,7 +156,6 @@ class ProcessWriteSink:
         self._process: WriterProcess | None = None
         self._in_process = False
         self._restarts = 0
-        self.count_rejected_logs: Callable[[int], None] = lambda _count: None
         os.register_at_fork(after_in_child=functools.partial(_forget_after_fork, weakref.ref(self)))
 
     @property
@@ -203,7 +202,7 @@ class ProcessWriteSink:
             try:
                 return self._converse(process.channel, header, [*spans, live, log_table], commit)
             except wire.WireError as exc:
-                return self._lost(process, exc)
+                self._lost(process, exc)
 
     def _converse(
         self,
@@ -227,7 +226,7 @@ class ProcessWriteSink:
                     raise
             elif message.kind == wire.RESULT:
                 self._restarts = 0
-                self.count_rejected_logs(int(message.header["rejected_logs"]))
+                self.local.count_rejected_logs(int(message.header["rejected_logs"]))
                 return int(message.header["rejected"])
             elif message.kind == wire.RETRY:
                 raise RetryLater(str(message.header["message"]))
@@ -236,7 +235,7 @@ class ProcessWriteSink:
             else:
                 raise wire.WireError(f"unexpected message kind {message.kind} during a write")
 
-    def _lost(self, process: WriterProcess, exc: wire.WireError) -> int:
+    def _lost(self, process: WriterProcess, exc: wire.WireError) -> NoReturn:
         """The writer process died or garbled the conversation: a new one retries the cycle."""
         process.kill()
         status = process.exit_status()
