@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 from concurrent import futures
-from typing import Final
+from typing import Final, NoReturn
 
 import grpc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
@@ -123,7 +123,8 @@ class GrpcReceiver:
         counters = intake.counters
         counters.add("grpc_requests", 1)
         if self._token is not None and not self._authorized(context):
-            context.abort(
+            _abort(
+                context,
                 grpc.StatusCode.UNAUTHENTICATED,
                 "missing or wrong token (metadata authorization: Bearer <token>)",
             )
@@ -143,9 +144,8 @@ class GrpcReceiver:
         if result.outcome is Outcome.STORED:
             return export_response_protobuf(result.rejected, result.rejected_message)
         if result.outcome in (Outcome.INVALID, Outcome.TOO_MANY):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, result.message)
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, result.message)
         self._refuse(context, grpc.StatusCode.UNAVAILABLE, result.message)
-        raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
     def _authorized(self, context: grpc.ServicerContext) -> bool:
         assert self._token is not None
@@ -154,7 +154,7 @@ class GrpcReceiver:
                 return True
         return False
 
-    def _refuse(self, context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> None:
+    def _refuse(self, context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
         """End the call with a retryable `code` and the delay after which to retry; raises."""
         delay = self.intake.limits.retry_after_s
         retry_info = retry_info_protobuf(delay)
@@ -164,4 +164,10 @@ class GrpcReceiver:
                 ("google.rpc.retryinfo-bin", retry_info),
             )
         )
-        context.abort(code, message)
+        _abort(context, code, message)
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    """End the call with `code`: `abort` raises (its stub says it returns, hence the NoReturn here)."""
+    context.abort(code, message)
+    raise AssertionError("unreachable: abort raises")  # pragma: no cover
