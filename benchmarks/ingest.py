@@ -16,6 +16,11 @@ go through, in this process, one after the other:
 - `ours-process`: the same with `TraceStore(file, writer_process=True)`: this process converts and
   hands the rows over, a child process runs DuckDB (its CPU is printed apart, counted once the store
   has closed and the child ended). The child is started and ready before the timer starts.
+- `ours+busy-app`, `ours-process+busy-app`: the same two while another thread of this process runs
+  Python the whole time (a service busy serving requests): the DuckDB client takes the GIL back many
+  times per statement, and each time it waits up to the switch interval (5 ms) behind that thread.
+  The busy thread's loops per second are printed beside those it makes alone (`busy-app alone`, one
+  second per repetition): what storing the spans left the application.
 - `otlp-encode`: the standard OTLP exporter's protobuf encoding of the same batches
   (`encode_spans(batch).SerializeToString()`), without sending: the work every OTLP user already pays.
 - `sqlite-rows`: the same rows (`otel_workflow.ingest.convert` conversion) inserted into SQLite one `INSERT`
@@ -39,6 +44,7 @@ import resource
 import sqlite3
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from importlib.metadata import version
@@ -127,16 +133,68 @@ def run_sqlite(work: list[Sequence[ReadableSpan]], folder: Path) -> None:
     connection.close()
 
 
+class BusyApplication:
+    """A thread of the application that runs Python without a pause until the block ends; `rate` is its
+    loops per second of wall time."""
+
+    def __init__(self) -> None:
+        self.loops = 0
+        self.rate = 0.0
+        self._started = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="busy-application")
+
+    def _serve(self) -> None:
+        total = 0
+        while not self._stop.is_set():
+            for number in range(1000):
+                total += number * number
+            self.loops += 1
+
+    def __enter__(self) -> BusyApplication:
+        self._started = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.rate = self.loops / (time.perf_counter() - self._started)
+
+
+# The busy thread's loops per second during each method that has one, and alone (per repetition).
+APP_RATES: dict[str, list[float]] = {}
+
+
+def with_busy_application(name: str) -> Callable[[list[Sequence[ReadableSpan]], TraceStore], None]:
+    def run(work: list[Sequence[ReadableSpan]], store: TraceStore) -> None:
+        with BusyApplication() as application:
+            run_ours(work, store)
+        APP_RATES.setdefault(name, []).append(application.rate)
+
+    return run
+
+
+def busy_application_alone() -> None:
+    with BusyApplication() as application:
+        time.sleep(1.0)
+    APP_RATES.setdefault("busy-app alone", []).append(application.rate)
+
+
 # What each method is handed, made before its timer starts: a folder, or a store ready to write.
 PREPARE: dict[str, Callable[[Path], Any]] = {
     "ours": new_store,
     "ours-process": lambda folder: new_store(folder, writer_process=True),
+    "ours+busy-app": new_store,
+    "ours-process+busy-app": lambda folder: new_store(folder, writer_process=True),
     "otlp-encode": lambda folder: folder,
     "sqlite-rows": lambda folder: folder,
 }
 METHODS: dict[str, Callable[[list[Sequence[ReadableSpan]], Any], None]] = {
     "ours": run_ours,
     "ours-process": run_ours,
+    "ours+busy-app": with_busy_application("ours+busy-app"),
+    "ours-process+busy-app": with_busy_application("ours-process+busy-app"),
     "otlp-encode": run_otlp_encode,
     "sqlite-rows": run_sqlite,
 }
@@ -163,6 +221,7 @@ def main() -> None:
     writer_cores: dict[str, list[float]] = {name: [] for name in METHODS}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.repeat):
+            busy_application_alone()
             names = list(METHODS)
             for name in names[rep % len(names) :] + names[: rep % len(names)]:
                 prepared = PREPARE[name](Path(tmp))
@@ -178,12 +237,12 @@ def main() -> None:
     print(f"\n{len(spans):,} spans in batches of {BATCH}, median of {args.repeat}")
     for name, rate in median.items():
         print(
-            f"  {name:<14}{rate:>12,.0f} spans/s [{min(rates[name]):,.0f}-{max(rates[name]):,.0f}]   "
+            f"  {name:<22}{rate:>12,.0f} spans/s [{min(rates[name]):,.0f}-{max(rates[name]):,.0f}]   "
             f"{1e6 / rate:6.1f} us/span   "
             f"CPU per wall second {statistics.median(cores[name]):.2f}"
             + (
                 f" + writer process {statistics.median(writer_cores[name]):.2f}"
-                if name == "ours-process"
+                if name.startswith("ours-process")
                 else ""
             )
         )
@@ -194,12 +253,18 @@ def main() -> None:
         ("ours-process", "otlp-encode", ""),
         ("ours-process", "ours", ""),
         ("ours", "sqlite-rows", "  (target >= 1x)"),
+        ("ours-process+busy-app", "ours+busy-app", ""),
     ):
         ratios = [a / b for a, b in zip(rates[name], rates[baseline], strict=True)]
         print(
             f"  {name} / {baseline}   {median[name] / median[baseline]:.2f}x  "
             f"[{min(ratios):.2f}x-{max(ratios):.2f}x]{target}"
         )
+    alone = statistics.median(APP_RATES["busy-app alone"])
+    print(f"  the busy application thread alone: {alone:,.0f} loops/s (median); while spans were stored:")
+    for name in ("ours+busy-app", "ours-process+busy-app"):
+        rate = statistics.median(APP_RATES[name])
+        print(f"    {name:<22}{rate:>10,.0f} loops/s   {rate / alone:.2f}x of alone")
 
 
 def _children_cpu() -> float:
