@@ -4,15 +4,25 @@ tables inline and in sealed memory files, and frames the other end got wrong."""
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pyarrow as pa
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind
+from test_native_rows import record, sdk_span_plans
 
+from otel_workflow.ingest import convert
+from otel_workflow.ingest.convert import ConvertedSpans, SpanConverter, tables_of
+from otel_workflow.storage import writerprocess
 from otel_workflow.storage import writerwire as wire
 
 needs_memory_files = pytest.mark.skipif(not wire.MEMORY_FILES, reason="no memory files on this platform")
@@ -145,7 +155,7 @@ def test_a_memory_file_of_another_size_than_announced_is_refused(
     data = wire._ipc_bytes(pa.table({"n": [1, 2, 3]})).to_pybytes()
     frame = _frame(wire.WRITE, {"tables": [len(data) + 100], "memory_file": True})
     _send_with(theirs, frame, _memory_file(data, seal=True))
-    with pytest.raises(wire.WireError, match="holds"):
+    with pytest.raises(wire.WireError, match="longer than the frame"):
         receiver.receive()
 
 
@@ -164,4 +174,108 @@ def test_the_end_of_the_connection_is_a_wire_error(pair: tuple[wire.Channel, soc
     receiver, theirs = pair
     theirs.close()
     with pytest.raises(wire.WireError, match="closed"):
+        receiver.receive()
+
+
+# -- tables packed as the C converter made them --------------------------------------------------------
+
+needs_packing = pytest.mark.skipif(
+    not wire.MEMORY_FILES or convert._spanrows is None, reason="no memory files or no C converter here"
+)
+
+
+def _parts(spans: list[ReadableSpan], cut: int, *, native: bool = True) -> list[ConvertedSpans]:
+    converter = SpanConverter(native=native)
+    return [converter.convert(spans[first : first + cut]) for first in range(0, len(spans), cut)]
+
+
+def _assert_tables_of(parts: list[ConvertedSpans], received: list[pa.Table | None]) -> None:
+    expected = tables_of(parts)  # imported only now: packing left the converter's rows in place
+    for got, want in zip(received, (expected.spans, expected.events, expected.links), strict=True):
+        assert got is not None
+        assert got.equals(want.combine_chunks())
+
+
+@needs_packing
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plans=st.lists(sdk_span_plans(), min_size=1, max_size=12), cut=st.integers(min_value=1, max_value=11))
+def test_packed_tables_arrive_as_the_converter_made_them(plans: list[dict[str, Any]], cut: int) -> None:
+    # Parts of any length: the validity and boolean bits of one are packed after another's at any bit.
+    parts = _parts(record(plans, {"service.name": "svc"}), cut)
+    ours, theirs = socket.socketpair()
+    try:
+        wire.Channel(theirs).send(
+            wire.WRITE, {"final": False}, [None], packed=functools.partial(writerprocess._packed, parts)
+        )
+        message = wire.Channel(ours).receive()
+    finally:
+        ours.close()
+        theirs.close()
+    assert message.header == {"final": False}
+    assert message.tables[3] is None
+    _assert_tables_of(parts, message.tables[:3])
+
+
+@needs_packing
+def test_rows_converted_in_python_go_as_tables_instead(pair: tuple[wire.Channel, socket.socket]) -> None:
+    receiver, theirs = pair
+    parts = _parts(record([{**_PLAN, "name": f"step {n}"} for n in range(20)], {}), 7, native=False)
+    with pytest.raises(wire.CannotPack):
+        wire.Channel(theirs).send(wire.WRITE, {}, [], packed=functools.partial(writerprocess._packed, parts))
+    writerprocess._send_write(wire.Channel(theirs), {}, parts, [None, None])
+    message = receiver.receive()
+    _assert_tables_of(parts, message.tables[:3])
+
+
+_PLAN: dict[str, Any] = {
+    "name": "step",
+    "kind": SpanKind.INTERNAL,
+    "attributes": {"a": 1},
+    "events": [("event", {"b": "c"})],
+    "links": 1,
+    "status": None,
+    "description": None,
+    "child": False,
+}
+
+
+def _packer(data: bytes, description: object) -> wire.Packer:
+    def pack(descriptor: int) -> Any:
+        os.write(descriptor, data)
+        return description
+
+    return pack
+
+
+_ONE_NUMBER = pa.schema([pa.field("n", pa.int64())])
+_ONE_TEXT = pa.schema([pa.field("s", pa.string())])
+
+
+@needs_memory_files
+@pytest.mark.parametrize(
+    ("data", "description", "why"),
+    [
+        # A buffer past the end of the file.
+        (b"\0" * 8, [(_ONE_NUMBER, (1, ((0, ((0, 0), (0, 4096))),)))], "a buffer at 0 of 4096 bytes"),
+        # String offsets past the string bytes.
+        (b"\0\0\0\0\x64\0\0\0abc", [(_ONE_TEXT, (1, ((0, ((0, 0), (0, 8), (8, 3))),)))], "offset"),
+        # Fewer columns than the schema has.
+        (b"\0" * 8, [(_ONE_NUMBER, (1, ()))], "0 columns"),
+    ],
+    ids=["past-the-file", "bad-offsets", "missing-column"],
+)
+def test_a_packed_table_that_does_not_hold_together_is_refused(
+    pair: tuple[wire.Channel, socket.socket], data: bytes, description: object, why: str
+) -> None:
+    receiver, theirs = pair
+    wire.Channel(theirs).send(wire.WRITE, {}, [], packed=_packer(data, description))
+    with pytest.raises(wire.WireError, match=why):
+        receiver.receive()
+
+
+@needs_memory_files
+def test_packed_tables_without_a_memory_file_are_refused(pair: tuple[wire.Channel, socket.socket]) -> None:
+    receiver, theirs = pair
+    theirs.sendall(_frame(wire.WRITE, {"tables": [], "packed": [{"rows": 0}]}))
+    with pytest.raises(wire.WireError, match="without a memory file"):
         receiver.receive()

@@ -19,6 +19,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifndef _WIN32
+#include <sys/uio.h>
+#include <unistd.h>
+#endif
 
 #include "conventions.h"
 
@@ -1492,6 +1496,276 @@ done:
     return result;
 }
 
+#ifndef _WIN32
+/* ---- one table's record batches written into a file, column by column ----
+ * The writer process's hand-over (storage/writerwire.py): the parts of a write cycle go into the cycle's
+ * memory file straight from the columns built here, each column's parts concatenated, in one call that
+ * holds the GIL only to find them. Through pyarrow (import, IPC stream, write) the writer let go of the
+ * GIL dozens of times per cycle and waited up to a switch interval (5 ms) to get it back each time.
+ */
+#define PACK_ALIGN 64
+#define PACK_IOV 512
+
+typedef struct {
+    int64_t offset, length;
+} Extent;
+
+typedef struct {
+    int64_t null_count;
+    int n_buffers;
+    Extent buffers[3]; /* validity (length 0: none), then offsets and data, or data */
+} PackedColumn;
+
+typedef struct {
+    int fd;
+    int64_t position;
+} PackFile;
+
+static int pack_write(PackFile *f, struct iovec *iov, int count) {
+    while (count > 0) {
+        ssize_t written = writev(f->fd, iov, count);
+        if (written < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return -1;
+        }
+        f->position += written;
+        while (count > 0 && (size_t)written >= iov->iov_len) {
+            written -= (ssize_t)iov->iov_len;
+            iov++;
+            count--;
+        }
+        if (count > 0) {
+            iov->iov_base = (char *)iov->iov_base + written;
+            iov->iov_len -= (size_t)written;
+        }
+    }
+    return 0;
+}
+
+/* Writes the pieces as one buffer, padded to PACK_ALIGN; its extent in the file goes to `extent`. */
+static int pack_buffer(PackFile *f, struct iovec *pieces, Py_ssize_t count, Extent *extent) {
+    static const char zeros[PACK_ALIGN] = {0};
+    extent->offset = f->position;
+    for (Py_ssize_t first = 0; first < count; first += PACK_IOV) {
+        int n = (int)(count - first < PACK_IOV ? count - first : PACK_IOV);
+        if (pack_write(f, pieces + first, n) < 0) {
+            return -1;
+        }
+    }
+    extent->length = f->position - extent->offset;
+    int64_t pad = (PACK_ALIGN - f->position % PACK_ALIGN) % PACK_ALIGN;
+    struct iovec padding = {(void *)zeros, (size_t)pad};
+    return pad ? pack_write(f, &padding, 1) : 0;
+}
+
+/* The parts' bits (validity, or boolean values), one after the other, in `out` (zeroed). */
+static void pack_bits(const Column **parts, Py_ssize_t count, int values, uint8_t *out) {
+    int64_t at = 0;
+    for (Py_ssize_t p = 0; p < count; p++) {
+        const uint8_t *bits = values ? parts[p]->data : parts[p]->validity;
+        for (int64_t i = 0; i < parts[p]->length; i++, at++) {
+            if (bits[i / 8] & (1u << (i % 8))) {
+                out[at / 8] |= (uint8_t)(1u << (at % 8));
+            }
+        }
+    }
+}
+
+/* One column of every part; 0, -1 on a write error (errno), 1 if it cannot be packed (too long). */
+static int pack_column(PackFile *f, const Column **parts, Py_ssize_t count, PackedColumn *out) {
+    int64_t rows = 0;
+    out->null_count = 0;
+    for (Py_ssize_t p = 0; p < count; p++) {
+        rows += parts[p]->length;
+        out->null_count += parts[p]->null_count;
+    }
+    ColumnKind kind = parts[0]->kind;
+    size_t bitmap_size = (size_t)(rows + 7) / 8;
+    struct iovec *pieces = calloc((size_t)count + 1, sizeof(struct iovec));
+    uint8_t *bitmap = calloc(bitmap_size + 1, 1);
+    int32_t *offsets = kind == COL_STR ? malloc(((size_t)rows + 1) * sizeof(int32_t)) : NULL;
+    int status = -1;
+    if (pieces == NULL || bitmap == NULL || (kind == COL_STR && offsets == NULL)) {
+        errno = ENOMEM;
+        goto done;
+    }
+    out->buffers[0] = (Extent){f->position, 0};
+    if (out->null_count) {
+        pack_bits(parts, count, 0, bitmap);
+        pieces[0] = (struct iovec){bitmap, bitmap_size};
+        if (pack_buffer(f, pieces, 1, &out->buffers[0]) < 0) {
+            goto done;
+        }
+    }
+    if (kind == COL_STR) {
+        int64_t base = 0, at = 0;
+        offsets[0] = 0;
+        for (Py_ssize_t p = 0; p < count; p++) {
+            const Column *c = parts[p];
+            int64_t first = c->length ? c->offsets[0] : 0;
+            int64_t used = c->length ? c->offsets[c->length] - first : 0;
+            if (base + used > INT32_MAX) {
+                status = 1; /* more than 32-bit offsets address: the caller sends the cycle otherwise */
+                goto done;
+            }
+            for (int64_t i = 1; i <= c->length; i++) {
+                offsets[++at] = (int32_t)(base + c->offsets[i] - first);
+            }
+            pieces[p] = (struct iovec){used ? c->data + first : NULL, (size_t)used};
+            base += used;
+        }
+        struct iovec offsets_piece = {offsets, ((size_t)rows + 1) * sizeof(int32_t)};
+        out->n_buffers = 3;
+        if (pack_buffer(f, &offsets_piece, 1, &out->buffers[1]) < 0 ||
+            pack_buffer(f, pieces, count, &out->buffers[2]) < 0) {
+            goto done;
+        }
+    } else if (kind == COL_BOOL) {
+        memset(bitmap, 0, bitmap_size + 1);
+        pack_bits(parts, count, 1, bitmap);
+        pieces[0] = (struct iovec){bitmap, bitmap_size};
+        out->n_buffers = 2;
+        if (pack_buffer(f, pieces, 1, &out->buffers[1]) < 0) {
+            goto done;
+        }
+    } else {
+        size_t width = kind == COL_I32 ? 4 : 8;
+        for (Py_ssize_t p = 0; p < count; p++) {
+            pieces[p] = (struct iovec){parts[p]->data, (size_t)parts[p]->length * width};
+        }
+        out->n_buffers = 2;
+        if (pack_buffer(f, pieces, count, &out->buffers[1]) < 0) {
+            goto done;
+        }
+    }
+    status = 0;
+done:
+    free(pieces);
+    free(bitmap);
+    free(offsets);
+    return status;
+}
+
+/* The columns of a record batch this module made, or NULL (someone else's, or already moved out). */
+static int own_columns(PyObject *capsule, const Column **columns, Py_ssize_t n_columns) {
+    if (!PyCapsule_IsValid(capsule, "arrow_array")) {
+        return -1;
+    }
+    struct ArrowArray *array = (struct ArrowArray *)PyCapsule_GetPointer(capsule, "arrow_array");
+    if (array->release != release_parent || array->n_children != n_columns) {
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n_columns; i++) {
+        struct ArrowArray *child = array->children[i];
+        if (child->release != release_child) {
+            return -1;
+        }
+        columns[i] = &((ChildData *)child->private_data)->column;
+    }
+    return 0;
+}
+
+/*
+ * pack(arrays: list of "arrow_array" capsules of one table, columns: int, fd: int) ->
+ * (rows, ((null_count, ((offset, length), ...)), ...)) | None
+ *
+ * Appends each column of the record batches, concatenated, to the file at fd (from its current position;
+ * every buffer at a multiple of 64 bytes), and says where each column's buffers went. The capsules stay as
+ * they are (read, not moved: the caller may import them later); the GIL is let go while the columns are
+ * written, so the caller must keep them, and no other thread import them, until this returns. None: they
+ * cannot be packed (not made by `finished`, already imported, or a string column past 2 GiB); the caller
+ * then discards the file, which may hold the columns written before.
+ */
+static PyObject *pack(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyList_Check(args[0]) || !PyLong_Check(args[1]) || !PyLong_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "pack(arrays: list, columns: int, fd: int)");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(args[0]);
+    Py_ssize_t n_columns = PyLong_AsSsize_t(args[1]);
+    long fd_value = PyLong_AsLong(args[2]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (fd_value < 0 || fd_value > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "not a file descriptor");
+        return NULL;
+    }
+    int fd = (int)fd_value;
+    if (count == 0 || n_columns <= 0 || n_columns > 256) {
+        Py_RETURN_NONE;
+    }
+    const Column **by_part = calloc((size_t)(count * n_columns), sizeof(Column *));
+    const Column **parts = calloc((size_t)count, sizeof(Column *));
+    PackedColumn *packed = calloc((size_t)n_columns, sizeof(PackedColumn));
+    PyObject *result = NULL;
+    if (by_part == NULL || parts == NULL || packed == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int64_t rows = 0;
+    for (Py_ssize_t p = 0; p < count; p++) {
+        if (own_columns(PyList_GET_ITEM(args[0], p), by_part + p * n_columns, n_columns) < 0) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        rows += by_part[p * n_columns]->length;
+    }
+    PackFile file = {fd, 0};
+    int status = 0;
+    Py_BEGIN_ALLOW_THREADS;
+    off_t start = lseek(fd, 0, SEEK_CUR);
+    if (start < 0) {
+        status = -1;
+    }
+    file.position = (int64_t)start;
+    for (Py_ssize_t c = 0; status == 0 && c < n_columns; c++) {
+        for (Py_ssize_t p = 0; p < count; p++) {
+            parts[p] = by_part[p * n_columns + c];
+        }
+        status = pack_column(&file, parts, count, &packed[c]);
+    }
+    Py_END_ALLOW_THREADS;
+    if (status < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+    if (status > 0) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    PyObject *columns = PyTuple_New(n_columns);
+    for (Py_ssize_t c = 0; columns != NULL && c < n_columns; c++) {
+        PyObject *extents = PyTuple_New(packed[c].n_buffers);
+        for (int b = 0; extents != NULL && b < packed[c].n_buffers; b++) {
+            PyObject *extent = Py_BuildValue("(LL)", (long long)packed[c].buffers[b].offset,
+                                             (long long)packed[c].buffers[b].length);
+            if (extent == NULL) {
+                Py_CLEAR(extents);
+                break;
+            }
+            PyTuple_SET_ITEM(extents, b, extent);
+        }
+        PyObject *column = extents ? Py_BuildValue("(LN)", (long long)packed[c].null_count, extents) : NULL;
+        if (column == NULL) {
+            Py_CLEAR(columns);
+            break;
+        }
+        PyTuple_SET_ITEM(columns, c, column);
+    }
+    if (columns != NULL) {
+        result = Py_BuildValue("(LN)", (long long)rows, columns);
+    }
+done:
+    free(by_part);
+    free(parts);
+    free(packed);
+    return result;
+}
+#endif
+
 /*
  * convert.span_owners: for each finished span, (execution id, whether it is that execution's own span),
  * or None for a span of a class this module does not read (Python tells). The writer asks this of
@@ -1592,6 +1866,10 @@ static PyMethodDef methods[] = {
     {"owners", (PyCFunction)owners, METH_O, "Finished spans -> (execution id, ends it) or None each."},
     {"stream", (PyCFunction)(void (*)(void))stream, METH_FASTCALL,
      "Record batch capsules and a schema capsule -> one ArrowArrayStream capsule."},
+#ifndef _WIN32
+    {"pack", (PyCFunction)(void (*)(void))pack, METH_FASTCALL,
+     "Record batch capsules of one table -> its columns appended to a file; where each buffer went."},
+#endif
     {NULL, NULL, 0, NULL},
 };
 

@@ -273,13 +273,40 @@ def tables_of(parts: Sequence[ConvertedSpans]) -> SpanBatch:
     return SpanBatch.concat([part.tables() for part in parts])
 
 
+# A table's columns packed into a file by `pack_tables`: its rows, and for each column its null count and the
+# (offset, length) of each of its Arrow buffers there (validity, of length 0 when there is none, then the
+# string offsets and bytes, or the values).
+PackedColumns = tuple[int, tuple[tuple[int, tuple[tuple[int, int], ...]], ...]]
+
+TABLE_SCHEMAS: Final = (SPANS_SCHEMA, EVENTS_SCHEMA, LINKS_SCHEMA)
+
+
+def pack_tables(parts: Sequence[ConvertedSpans], fd: int) -> list[PackedColumns] | None:
+    """Append the spans, events and links of `parts` to the file `fd`, column by column, as the C converter
+    made them (`_spanrows.pack`: one call per table that lets go of the GIL once), without handing them to
+    pyarrow. None if some part is not the C converter's rows as made (converted in Python, or imported
+    already) or cannot be packed: what was written then is to be discarded. Raises OSError."""
+    if _spanrows is None or not parts:
+        return None
+    made = [part._made for part in parts]
+    if any(arrays is None for arrays in made):
+        return None
+    packed: list[PackedColumns] = []
+    for index, schema in enumerate(TABLE_SCHEMAS):
+        table = _spanrows.pack([arrays[index] for arrays in made if arrays is not None], len(schema), fd)
+        if table is None:
+            return None
+        packed.append(table)
+    return packed
+
+
 def _import(parts: Sequence[ConvertedSpans]) -> SpanBatch:
     """Hand what the C converter made for `parts` to pyarrow, one stream per table; each part keeps
     its own rows (zero-copy slices of the result), for a retry or for halving a batch."""
     made = [part._made for part in parts if part._made is not None]
     assert len(made) == len(parts)
     tables = []
-    for index, schema in enumerate((SPANS_SCHEMA, EVENTS_SCHEMA, LINKS_SCHEMA)):
+    for index, schema in enumerate(TABLE_SCHEMAS):
         stream = _spanrows.stream([arrays[index] for arrays in made], schema.__arrow_c_schema__())
         tables.append(pa.RecordBatchReader._import_from_c_capsule(stream).read_all())
     offsets = [0, 0, 0]

@@ -39,7 +39,7 @@ import pyarrow as pa
 from opentelemetry.sdk.trace import ReadableSpan
 
 import otel_workflow
-from otel_workflow.ingest.convert import ConvertedSpans, tables_of
+from otel_workflow.ingest.convert import TABLE_SCHEMAS, ConvertedSpans, PackedColumns, pack_tables, tables_of
 from otel_workflow.ingest.logrows import LogRows
 from otel_workflow.ingest.sink import Abandoned, RetryLater
 from otel_workflow.storage import writerwire as wire
@@ -195,24 +195,16 @@ class ProcessWriteSink:
                 return self.local.write_rows(
                     finished, live, final=final, forget=forget, commit=commit, logs=logs
                 )
-            batch = tables_of(finished) if finished else None
-            spans = (None, None, None) if batch is None else (batch.spans, batch.events, batch.links)
             log_table = pa.concat_tables([rows.table for rows in logs]) if logs else None
             header = {"final": final, "forget": list(forget)}
             try:
-                return self._converse(process.channel, header, [*spans, live, log_table], commit)
+                _send_write(process.channel, header, finished, [live, log_table])
+                return self._converse(process.channel, commit)
             except wire.WireError as exc:
                 self._lost(process, exc)
 
-    def _converse(
-        self,
-        channel: wire.Channel,
-        header: dict[str, object],
-        tables: list[pa.Table | None],
-        commit: Callable[[Callable[[], object]], None],
-    ) -> int:
-        """One WRITE and its conversation (`writerwire`); the number of rejected spans."""
-        channel.send(wire.WRITE, header, tables)
+    def _converse(self, channel: wire.Channel, commit: Callable[[Callable[[], object]], None]) -> int:
+        """The conversation after a WRITE (`writerwire`); the number of rejected spans."""
         while True:
             message = channel.receive()
             if message.kind == wire.READY:
@@ -317,6 +309,30 @@ class ProcessWriteSink:
                     process.stop()
         finally:
             self._lock.release()
+
+
+def _send_write(
+    channel: wire.Channel,
+    header: dict[str, object],
+    finished: Sequence[ConvertedSpans],
+    rest: list[pa.Table | None],
+) -> None:
+    """WRITE: the spans, events and links of `finished` (packed as the C converter made them where it can,
+    else as pyarrow tables), then `rest`."""
+    if finished and channel.memory_files:
+        try:
+            channel.send(wire.WRITE, header, rest, packed=functools.partial(_packed, finished))
+            return
+        except wire.CannotPack:
+            pass  # converted in Python, imported for a retry, or a string column too long for the C path
+    batch = tables_of(finished) if finished else None
+    spans = [None, None, None] if batch is None else [batch.spans, batch.events, batch.links]
+    channel.send(wire.WRITE, header, [*spans, *rest])
+
+
+def _packed(finished: Sequence[ConvertedSpans], fd: int) -> list[tuple[pa.Schema, PackedColumns]] | None:
+    packed = pack_tables(finished, fd)
+    return None if packed is None else list(zip(TABLE_SCHEMAS, packed, strict=True))
 
 
 def _commit_there(channel: wire.Channel) -> None:

@@ -7,8 +7,12 @@ memory file whose descriptor rides with the frame (`MEMORY_FILES`): the applicat
 cycle in one call and the writer process reads the tables where they lie. Through the socket, the
 sender's `sendall` took the GIL back after every socket buffer's worth (about 200 KB of the cycle's
 ~1 KB per span), and each time waited up to the interpreter's switch interval (5 ms) behind the
-application's threads. Both ends are this package in two processes of one user; the bounds and
-seals guard against a bug on the other end, not against an attacker.
+application's threads. The spans, events and links of a cycle are not even handed to pyarrow in
+the application: the C converter writes its columns into the file itself (`Packer`,
+`convert.pack_tables`), letting go of the GIL once per table where pyarrow's import and IPC writer
+did dozens of times, and the writer process makes Arrow arrays over the mapped columns (validated in
+full before DuckDB reads them). Both ends are this package in two processes of one user; the bounds,
+seals and validation guard against a bug on the other end, not against an attacker.
 
 A write is a short conversation, so that the writer thread of the application keeps deciding
 whether a transaction may still commit (`BatchSink.write`'s `commit`):
@@ -22,12 +26,13 @@ whether a transaction may still commit (`BatchSink.write`'s `commit`):
 
 from __future__ import annotations
 
+import base64
 import json
 import mmap
 import os
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -81,6 +86,15 @@ class WireError(Exception):
     """The other end sent something this end cannot read, or went away (EOF)."""
 
 
+class CannotPack(Exception):
+    """`Channel.send`'s packer could not write its tables (nothing was sent): send them as tables."""
+
+
+# Appends tables to a memory file (its descriptor) and says what it wrote: each table's schema and its
+# columns' places there (`convert.PackedColumns`); None if it cannot (the file is then discarded).
+Packer = Callable[[int], Sequence[tuple[pa.Schema, tuple[int, Any]]] | None]
+
+
 @dataclass(slots=True)
 class Message:
     kind: int
@@ -100,16 +114,38 @@ class Channel:
         self.memory_files = memory_files and MEMORY_FILES
 
     def send(
-        self, kind: int, header: dict[str, Any] | None = None, tables: Sequence[pa.Table | None] = ()
+        self,
+        kind: int,
+        header: dict[str, Any] | None = None,
+        tables: Sequence[pa.Table | None] = (),
+        *,
+        packed: Packer | None = None,
     ) -> None:
+        """Send a frame; the receiver's `Message.tables` are the tables `packed` wrote, then `tables`.
+
+        `packed` (only where `memory_files`) writes tables into the frame's memory file itself; should
+        it return None, nothing is sent and `CannotPack` is raised: send them as `tables` instead.
+        """
         encoded = [None if table is None else _ipc_bytes(table) for table in tables]
         present = [data for data in encoded if data is not None and data.size]
         head = dict(header or {})
         head["tables"] = [-1 if data is None else data.size for data in encoded]
-        memory_file = _memory_file(present) if self.memory_files and present else None
+        memory_file = None
+        if packed is not None or (self.memory_files and present):
+            if not self.memory_files:
+                raise ValueError("packed tables need memory files")
+            memory_file = _memory_file(present, seal=packed is None)
+            if memory_file is None and packed is not None:
+                raise CannotPack("no memory file could be made")
         if memory_file is not None:
             head["memory_file"] = True
             present = []  # the tables are in the file
+            if packed is not None:
+                try:
+                    head["packed"] = _packed_in(memory_file, packed)
+                except BaseException:
+                    os.close(memory_file)
+                    raise
         head_bytes = json.dumps(head, separators=(",", ":")).encode()
         size = _HEADER.size + len(head_bytes) + sum(data.size for data in present)
         start = _FRAME.pack(kind, size) + _HEADER.pack(len(head_bytes)) + head_bytes
@@ -148,19 +184,22 @@ class Channel:
             header = json.loads(bytes(payload[_HEADER.size : _HEADER.size + head_size]))
             sizes = [int(table_size) for table_size in header.pop("tables")]
             in_memory_file = header.pop("memory_file", False) is True
+            packed = header.pop("packed", [])
+            if not isinstance(packed, list):
+                raise TypeError("packed tables are not a list")
         except (ValueError, KeyError, TypeError) as exc:
             raise WireError(f"a frame's header is not readable: {exc}") from exc
         if in_memory_file != bool(descriptors) or len(descriptors) > 1:
-            raise WireError(
-                f"a frame came with {len(descriptors)} descriptors, which its header does not say"
-            )
+            raise WireError(f"a frame came with {len(descriptors)} descriptors, not what its header says")
+        if packed and not in_memory_file:
+            raise WireError("a frame's header names packed tables without a memory file")
         if in_memory_file:
-            buffer = _mapped(descriptors[0], sum(table_size for table_size in sizes if table_size > 0))
+            buffer = _mapped(descriptors[0])
             offset = 0
         else:
             buffer = pa.py_buffer(payload)
             offset = _HEADER.size + head_size
-        tables: list[pa.Table | None] = []
+        tables: list[pa.Table | None] = [_unpacked(buffer, description) for description in packed]
         for table_size in sizes:
             if table_size < 0:
                 tables.append(None)
@@ -213,9 +252,10 @@ class Channel:
         self.socket.close()
 
 
-def _memory_file(buffers: Sequence[pa.Buffer]) -> int | None:
-    """A sealed memory file holding `buffers` one after the other; None if one cannot be made now (out
-    of memory or descriptors: the tables then go through the socket)."""
+def _memory_file(buffers: Sequence[pa.Buffer], *, seal: bool) -> int | None:
+    """A memory file holding `buffers` one after the other, sealed if `seal` (else whoever writes the rest
+    seals it); None if one cannot be made now (out of memory or descriptors: the tables then go through
+    the socket)."""
     try:
         descriptor = os.memfd_create("otel-workflow-write", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     except OSError:
@@ -230,15 +270,17 @@ def _memory_file(buffers: Sequence[pa.Buffer]) -> int | None:
                 views.pop(0)
             if views:
                 views[0] = views[0][written:]
-        fcntl.fcntl(descriptor, fcntl.F_ADD_SEALS, _SEALS)
+        if seal:
+            fcntl.fcntl(descriptor, fcntl.F_ADD_SEALS, _SEALS)
     except OSError:
         os.close(descriptor)
         return None
     return descriptor
 
 
-def _mapped(descriptor: int, size: int) -> pa.Buffer:
-    """The memory file of a frame, mapped read-only, once it is sealed and holds exactly `size` bytes."""
+def _mapped(descriptor: int) -> pa.Buffer:
+    """The memory file of a frame, mapped read-only, once it is sealed (`_rest_of_frame` and `_unpacked`
+    check that what the header names lies within it)."""
     try:
         seals = fcntl.fcntl(descriptor, fcntl.F_GET_SEALS)
         file_size = os.fstat(descriptor).st_size
@@ -246,10 +288,61 @@ def _mapped(descriptor: int, size: int) -> pa.Buffer:
         raise WireError(f"a frame's descriptor is not a memory file: {exc}") from exc
     if seals & _SEALS != _SEALS:
         raise WireError("a frame's memory file is not sealed")
-    if file_size != size or size == 0:
-        raise WireError(f"a frame's memory file holds {file_size} bytes, its header says {size}")
+    if file_size == 0 or file_size > MAX_FRAME_BYTES:
+        raise WireError(f"a frame's memory file holds {file_size} bytes")
     # The mapping outlives the descriptor (closed by `receive`); the tables keep it alive.
-    return pa.py_buffer(mmap.mmap(descriptor, size, prot=mmap.PROT_READ))
+    return pa.py_buffer(mmap.mmap(descriptor, file_size, prot=mmap.PROT_READ))
+
+
+def _packed_in(descriptor: int, packer: Packer) -> list[dict[str, Any]]:
+    """Let `packer` append its tables to the memory file, seal it, and describe them for the header."""
+    try:
+        tables = packer(descriptor)
+        if tables is not None:
+            fcntl.fcntl(descriptor, fcntl.F_ADD_SEALS, _SEALS)
+    except OSError as exc:  # out of memory for the file: the tables can still go otherwise
+        raise CannotPack(f"the tables could not be written: {exc}") from exc
+    if tables is None:
+        raise CannotPack("the tables cannot be packed")
+    return [
+        {"schema": _schema_text(schema), "rows": rows, "columns": columns}
+        for schema, (rows, columns) in tables
+    ]
+
+
+_schema_texts: dict[pa.Schema, str] = {}
+
+
+def _schema_text(schema: pa.Schema) -> str:
+    # Serialised once per schema: a pyarrow call lets go of the GIL, and taking it back can wait.
+    text = _schema_texts.get(schema)
+    if text is None:
+        text = _schema_texts[schema] = base64.b64encode(schema.serialize().to_pybytes()).decode()
+    return text
+
+
+def _unpacked(buffer: pa.Buffer, description: Any) -> pa.Table:
+    """A packed table, its arrays over the mapped file (checked: a bad extent or column is a WireError)."""
+    try:
+        schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(description["schema"], validate=True)))
+        rows = int(description["rows"])
+        columns = description["columns"]
+        if len(columns) != len(schema) or rows < 0:
+            raise ValueError(f"{len(columns)} columns of {rows} rows for a schema of {len(schema)}")
+        arrays = []
+        for field, (null_count, extents) in zip(schema, columns, strict=True):
+            buffers: list[pa.Buffer | None] = []
+            for index, extent in enumerate(extents):
+                offset, length = (int(value) for value in extent)
+                if offset < 0 or length < 0 or offset + length > buffer.size:
+                    raise ValueError(f"a buffer at {offset} of {length} bytes, in a file of {buffer.size}")
+                buffers.append(None if index == 0 and length == 0 else buffer.slice(offset, length))
+            array = pa.Array.from_buffers(field.type, rows, buffers, null_count=int(null_count))
+            array.validate(full=True)  # offsets within their bytes, UTF-8: DuckDB reads them as they are
+            arrays.append(array)
+        return pa.Table.from_arrays(arrays, schema=schema)
+    except (ValueError, TypeError, KeyError, pa.ArrowException) as exc:
+        raise WireError(f"a frame's packed table is not readable: {exc}") from exc
 
 
 def _ipc_bytes(table: pa.Table) -> pa.Buffer:
