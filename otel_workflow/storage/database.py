@@ -49,6 +49,14 @@ _MAX_HOLD_S: Final = 5.0
 # checkpoint writes about one row group (122,880 rows) at once, for about half the time per span.
 _CHECKPOINT_THRESHOLD: Final = "128MB"
 
+# What the DuckDB instance may hold while the writer has the file open (DuckDB's default is 80% of the
+# machine). A checkpoint into a large file rewrites its last, partly filled row groups, and measured on
+# a 10M-span file (benchmarks/memory.py) it took the process from about 250 MB to 430-530 MB in most
+# runs; at 200 MB the peaks were 281-361 MB, with every span stored. Past the limit DuckDB evicts what
+# it read and spills a query's intermediates to a temporary file; it applies to this process's reads
+# while the writer holds the file (the step quantiles at 10M spans took 265 ms against 212).
+_MEMORY_LIMIT: Final = "200MB"
+
 # In-memory databases a forked child inherited. They are never closed or freed in the child: DuckDB's
 # teardown would wait for the parent's worker threads, which the child does not have.
 _inherited_memory: list[duckdb.DuckDBPyConnection] = []
@@ -173,6 +181,7 @@ class Database:
         if connection is None:
             connection = self._open(read_only=False, timeout_s=0.25)
             connection.execute(f"SET checkpoint_threshold = '{_CHECKPOINT_THRESHOLD}'")
+            connection.execute(f"SET memory_limit = '{_MEMORY_LIMIT}'")
             self.held_since = time.monotonic()
             # Each opening, at most every `_MAX_HOLD_S` while spans come: writers that die while this one
             # runs (a worker killed beside its siblings) are found too.
