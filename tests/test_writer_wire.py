@@ -205,7 +205,7 @@ def test_packed_tables_arrive_as_the_converter_made_them(plans: list[dict[str, A
     ours, theirs = socket.socketpair()
     try:
         wire.Channel(theirs).send(
-            wire.WRITE, {"final": False}, [None], packed=functools.partial(writerprocess._packed, parts)
+            wire.WRITE, {"final": False}, [None], packed=functools.partial(convert.pack_tables, parts)
         )
         message = wire.Channel(ours).receive()
     finally:
@@ -221,7 +221,7 @@ def test_rows_converted_in_python_go_as_tables_instead(pair: tuple[wire.Channel,
     receiver, theirs = pair
     parts = _parts(record([{**_PLAN, "name": f"step {n}"} for n in range(20)], {}), 7, native=False)
     with pytest.raises(wire.CannotPack):
-        wire.Channel(theirs).send(wire.WRITE, {}, [], packed=functools.partial(writerprocess._packed, parts))
+        wire.Channel(theirs).send(wire.WRITE, {}, [], packed=functools.partial(convert.pack_tables, parts))
     writerprocess._send_write(wire.Channel(theirs), {}, parts, [None, None])
     message = receiver.receive()
     _assert_tables_of(parts, message.tables[:3])

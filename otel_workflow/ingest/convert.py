@@ -281,22 +281,26 @@ PackedColumns = tuple[int, tuple[tuple[int, tuple[tuple[int, int], ...]], ...]]
 TABLE_SCHEMAS: Final = (SPANS_SCHEMA, EVENTS_SCHEMA, LINKS_SCHEMA)
 
 
-def pack_tables(parts: Sequence[ConvertedSpans], fd: int) -> list[PackedColumns] | None:
+def packable(parts: Sequence[ConvertedSpans]) -> bool:
+    """Whether `pack_tables` can take `parts`: all of them the C converter's rows as made (not converted
+    in Python, not imported yet)."""
+    return _spanrows is not None and bool(parts) and all(part._made is not None for part in parts)
+
+
+def pack_tables(parts: Sequence[ConvertedSpans], fd: int) -> list[tuple[pa.Schema, PackedColumns]] | None:
     """Append the spans, events and links of `parts` to the file `fd`, column by column, as the C converter
     made them (`_spanrows.pack`: one call per table that lets go of the GIL once), without handing them to
-    pyarrow. None if some part is not the C converter's rows as made (converted in Python, or imported
-    already) or cannot be packed: what was written then is to be discarded. Raises OSError."""
-    if _spanrows is None or not parts:
+    pyarrow; each table's schema and where its columns went. None if the parts are not `packable` or a
+    table cannot be packed: what was written then is to be discarded. Raises OSError."""
+    made = [part._made for part in parts if part._made is not None]
+    if not packable(parts) or len(made) != len(parts):
         return None
-    made = [part._made for part in parts]
-    if any(arrays is None for arrays in made):
-        return None
-    packed: list[PackedColumns] = []
+    packed: list[tuple[pa.Schema, PackedColumns]] = []
     for index, schema in enumerate(TABLE_SCHEMAS):
-        table = _spanrows.pack([arrays[index] for arrays in made if arrays is not None], len(schema), fd)
+        table = _spanrows.pack([arrays[index] for arrays in made], len(schema), fd)
         if table is None:
             return None
-        packed.append(table)
+        packed.append((schema, table))
     return packed
 
 

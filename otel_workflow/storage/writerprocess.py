@@ -39,7 +39,7 @@ import pyarrow as pa
 from opentelemetry.sdk.trace import ReadableSpan
 
 import otel_workflow
-from otel_workflow.ingest.convert import TABLE_SCHEMAS, ConvertedSpans, PackedColumns, pack_tables, tables_of
+from otel_workflow.ingest.convert import ConvertedSpans, pack_tables, packable, tables_of
 from otel_workflow.ingest.logrows import LogRows
 from otel_workflow.ingest.sink import Abandoned, RetryLater
 from otel_workflow.storage import writerwire as wire
@@ -319,20 +319,15 @@ def _send_write(
 ) -> None:
     """WRITE: the spans, events and links of `finished` (packed as the C converter made them where it can,
     else as pyarrow tables), then `rest`."""
-    if finished and channel.memory_files:
+    if channel.memory_files and packable(finished):
         try:
-            channel.send(wire.WRITE, header, rest, packed=functools.partial(_packed, finished))
+            channel.send(wire.WRITE, header, rest, packed=functools.partial(pack_tables, finished))
             return
         except wire.CannotPack:
-            pass  # converted in Python, imported for a retry, or a string column too long for the C path
+            pass  # no memory file to be had, or a string column too long for the C path
     batch = tables_of(finished) if finished else None
     spans = [None, None, None] if batch is None else [batch.spans, batch.events, batch.links]
     channel.send(wire.WRITE, header, [*spans, *rest])
-
-
-def _packed(finished: Sequence[ConvertedSpans], fd: int) -> list[tuple[pa.Schema, PackedColumns]] | None:
-    packed = pack_tables(finished, fd)
-    return None if packed is None else list(zip(TABLE_SCHEMAS, packed, strict=True))
 
 
 def _commit_there(channel: wire.Channel) -> None:

@@ -131,35 +131,32 @@ class Channel:
         head = dict(header or {})
         head["tables"] = [-1 if data is None else data.size for data in encoded]
         memory_file = None
-        if packed is not None or (self.memory_files and present):
-            if not self.memory_files:
-                raise ValueError("packed tables need memory files")
-            memory_file = _memory_file(present, seal=packed is None)
-            if memory_file is None and packed is not None:
-                raise CannotPack("no memory file could be made")
-        if memory_file is not None:
-            head["memory_file"] = True
-            present = []  # the tables are in the file
-            if packed is not None:
-                try:
-                    head["packed"] = _packed_in(memory_file, packed)
-                except BaseException:
-                    os.close(memory_file)
-                    raise
-        head_bytes = json.dumps(head, separators=(",", ":")).encode()
-        size = _HEADER.size + len(head_bytes) + sum(data.size for data in present)
-        start = _FRAME.pack(kind, size) + _HEADER.pack(len(head_bytes)) + head_bytes
         try:
-            if memory_file is None:
-                self.socket.sendall(start)
-            else:
-                sent = socket.send_fds(self.socket, [start], [memory_file])
-                self.socket.sendall(start[sent:])
-            # sendall releases the GIL while the kernel takes the bytes; the Arrow buffers go as they are.
-            for data in present:
-                self.socket.sendall(memoryview(data))
-        except OSError as exc:
-            raise WireError(f"the other end is gone: {exc}") from exc
+            if packed is not None or (self.memory_files and present):
+                if not self.memory_files:
+                    raise ValueError("packed tables need memory files")
+                memory_file = _memory_file(present, seal=packed is None)
+                if memory_file is None and packed is not None:
+                    raise CannotPack("no memory file could be made")
+            if memory_file is not None:
+                head["memory_file"] = True
+                present = []  # the tables are in the file
+                if packed is not None:
+                    head["packed"] = _packed_in(memory_file, packed)
+            head_bytes = json.dumps(head, separators=(",", ":")).encode()
+            size = _HEADER.size + len(head_bytes) + sum(data.size for data in present)
+            start = _FRAME.pack(kind, size) + _HEADER.pack(len(head_bytes)) + head_bytes
+            try:
+                if memory_file is None:
+                    self.socket.sendall(start)
+                else:
+                    sent = socket.send_fds(self.socket, [start], [memory_file])
+                    self.socket.sendall(start[sent:])
+                # sendall releases the GIL while the kernel takes the bytes; the Arrow buffers go as they are.
+                for data in present:
+                    self.socket.sendall(memoryview(data))
+            except OSError as exc:
+                raise WireError(f"the other end is gone: {exc}") from exc
         finally:
             if memory_file is not None:
                 os.close(memory_file)  # the receiver holds its own descriptor from here on
