@@ -34,8 +34,9 @@ logger = logging.getLogger("otel_workflow")
 _STOPPED_COMMIT: Final = "the store aborted the transaction"
 
 # This process is the file's only user, so it can attach the file with a row group size of its own.
-# A write cycle of 20,000 spans is then logged at commit and rewritten at a checkpoint in smaller row
-# groups, which DuckDB writes for less CPU and, at this size, fewer bytes than its default 122,880 rows.
+# Chosen from one measurement (DuckDB alone, 1M spans in 20,000-span cycles: 6.9 vs 11.9 us per span
+# at the default 122,880) that later runs did not reproduce: 10.1 vs 9.4 us over 400,000 spans, and
+# 59,300-59,900 vs 60,800-62,000 spans/s end to end without it (benchmarks/README.md).
 ROW_GROUP_SIZE: Final = 65_536
 
 
